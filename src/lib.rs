@@ -1,0 +1,24 @@
+//! EmoStream: a live audience's emoji reactions, counted every window and pushed back to every viewer
+//! as a small "swarm".
+//!
+//! # Layout
+//! - [`core`]: the pure logic — events and their validation, the emoji set, tumbling windows, scale
+//!   rules, the swarm message and the record encodings. No I/O, no clock.
+//! - [`log`]: the log trait every stage reads and writes, with an in-process implementation (the
+//!   embedded default) and an Apache Kafka one (`kafka` feature).
+//! - [`stages`]: ingest, aggregate, publish, cluster, subscriber, registry and history, each an async
+//!   function over the log.
+//! - [`http`]: the ingest API, the subscription and delivery API (SSE, WebSocket), the dashboard.
+//! - [`topology`]: which stages run in this process, wired to a log, with ordered shutdown.
+//! - [`cli`]: the command line (flags, `EMOSTREAM_*` variables, `--config` TOML).
+//! - [`client`]: `emostream client`, the interactive viewer and sender.
+//! - [`telemetry`]: metric names and logging setup.
+
+pub mod cli;
+pub mod client;
+pub mod core;
+pub mod http;
+pub mod log;
+pub mod stages;
+pub mod telemetry;
+pub mod topology;

@@ -1,0 +1,1 @@
+//! Apache Kafka implementation of the log (issue: distributed mode). Not yet written.

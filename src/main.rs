@@ -1,0 +1,65 @@
+//! The `emostream` binary: parses the command line and runs one library entry point per subcommand.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use emostream::cli::{self, Command, UpArgs};
+use emostream::log::memory::MemoryLog;
+use emostream::topology;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    emostream::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Client(args) => emostream::client::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let config = args.to_config();
+    let running = topology::up(config.clone(), Arc::new(MemoryLog::new())).await.context("cannot start the pipeline")?;
+    let (ingest, api) = (running.ingest_addr, running.api_addr);
+    println!("EmoStream is up (embedded, in-process log)");
+    println!("  ingest     http://{ingest}   POST /emoji, POST /emojis");
+    println!("  api        http://{api}   POST /subscribe, GET /stream/{{id}}, GET /ws/{{id}}, GET /windows, GET /metrics");
+    println!("  dashboard  http://{api}/");
+    println!(
+        "  {} clusters x {} subscribers, {} ms windows, scale {}",
+        config.clusters,
+        config.subscribers,
+        config.window.as_millis(),
+        config.scale
+    );
+    println!("try it:");
+    println!("  curl -X POST http://{api}/subscribe -H 'Content-Type: application/json' -d '{{\"client_id\":\"me\"}}'");
+    println!("  curl -N http://{api}/stream/me &");
+    println!("  curl -X POST http://{ingest}/emoji -H 'Content-Type: application/json' -d '{{\"emoji\":\"😂\",\"client_id\":\"me\"}}'");
+    println!("Ctrl-C stops: pending windows are published before streams close.");
+    running.run_until(topology::shutdown_signal()).await.context("the pipeline stopped with an error")?;
+    println!("EmoStream stopped cleanly");
+    Ok(())
+}
