@@ -12,6 +12,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::core::emoji::EmojiSet;
+use crate::core::emotion::{EmotionMap, EmotionMapError, TrendConfig};
 use crate::core::scale::ScaleRule;
 use crate::http::ingest::IngestLimits;
 use crate::stages::ingest::AckMode;
@@ -148,11 +149,50 @@ pub struct UpArgs {
     /// Partitions of emoji_topic (aggregation parallelism).
     #[arg(long, env = "EMOSTREAM_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
+
+    /// TOML file mapping emojis to emotions and valences, replacing the built-in map
+    /// ([emojis] "😂" = { emotion = "laughter", valence = 0.9 }).
+    #[arg(long, env = "EMOSTREAM_EMOTIONS", value_name = "FILE")]
+    pub emotions: Option<PathBuf>,
+
+    /// A surge is an emotion counted at least this many times its moving average in a window…
+    #[arg(long, env = "EMOSTREAM_SURGE_FACTOR", default_value_t = 3.0, value_parser = parse_positive_f64)]
+    pub surge_factor: f64,
+
+    /// …and at least this many times.
+    #[arg(long, env = "EMOSTREAM_SURGE_MIN", default_value_t = 20)]
+    pub surge_min: u64,
+
+    /// Weight of the newest window in each emotion's moving average (the trend), in (0, 1].
+    #[arg(long, env = "EMOSTREAM_TREND_ALPHA", default_value_t = 0.3, value_parser = parse_alpha)]
+    pub trend_alpha: f64,
+}
+
+fn parse_positive_f64(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{s:?} must be a positive number")),
+    }
+}
+
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("{s:?} must be a number in (0, 1]")),
+    }
 }
 
 impl UpArgs {
-    pub fn to_config(&self) -> UpConfig {
-        UpConfig {
+    /// The pipeline's configuration.
+    ///
+    /// # Errors
+    /// When the `--emotions` file cannot be used.
+    pub fn to_config(&self) -> Result<UpConfig, EmotionMapError> {
+        let emotions = match &self.emotions {
+            Some(path) => EmotionMap::from_toml_file(path)?,
+            None => EmotionMap::default(),
+        };
+        Ok(UpConfig {
             ingest_addr: self.ingest_addr,
             api_addr: self.api_addr,
             clusters: self.clusters,
@@ -168,7 +208,14 @@ impl UpArgs {
             limits: IngestLimits { max_body: self.max_body, max_batch_body: self.max_batch_body },
             history: usize::try_from(self.history).unwrap_or(usize::MAX),
             partitions: self.partitions,
-        }
+            emotions: std::sync::Arc::new(emotions),
+            trend: TrendConfig {
+                alpha: self.trend_alpha,
+                surge_factor: self.surge_factor,
+                surge_min: self.surge_min,
+                ..TrendConfig::default()
+            },
+        })
     }
 }
 

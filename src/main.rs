@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let config = args.to_config();
+    let config = args.to_config()?;
     let running = topology::up(config.clone(), Arc::new(MemoryLog::new())).await.context("cannot start the pipeline")?;
     let (ingest, api) = (running.ingest_addr, running.api_addr);
     println!("EmoStream is up (embedded, in-process log)");

@@ -46,6 +46,8 @@ pub struct UpConfig {
     pub history: usize,
     /// Partitions of `emoji_topic`.
     pub partitions: u32,
+    pub emotions: Arc<crate::core::emotion::EmotionMap>,
+    pub trend: crate::core::emotion::TrendConfig,
 }
 
 /// Why the pipeline stopped badly.
@@ -220,7 +222,14 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     sup.spawn("aggregate", move |stop| aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, transactional_id: None }, stop));
     sup.step();
     let l = log.clone();
-    sup.spawn("publish", move |stop| publish::run(l, publish::PublishConfig { window, scale: config.scale, transactional_id: None }, stop));
+    let publish_config = publish::PublishConfig {
+        window,
+        scale: config.scale,
+        emotions: config.emotions.clone(),
+        trend: config.trend.clone(),
+        transactional_id: None,
+    };
+    sup.spawn("publish", move |stop| publish::run(l, publish_config, stop));
     sup.step();
     for c in 1..=config.clusters {
         let l = log.clone();

@@ -108,7 +108,13 @@ async fn every_acked_emoji_is_counted_once_and_every_client_sees_the_same_window
             let sum: u64 = w["swarm"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
             if w["total"].as_u64().unwrap() > 0 {
                 assert!((4..4 + 7).contains(&sum), "normalize:4 shows 4 plus rounding: {w}");
+                let mood = w["mood"].as_f64().expect("mood of a window with emojis");
+                assert!((-1.0..=1.0).contains(&mood), "{w}");
             }
+            // Every default emoji has an emotion: the emotion counts add up to the total.
+            let by_emotion: u64 = w["emotions"].as_object().expect("emotions").values().map(|v| v.as_u64().unwrap()).sum();
+            assert_eq!(by_emotion, w["total"].as_u64().unwrap(), "{w}");
+            assert!(w["trend"].is_object() && w["surges"].is_array(), "{w}");
         }
         received.push((name, windows));
     }

@@ -2,6 +2,7 @@
 //! Nothing here does I/O or reads a clock, so every rule is unit- and property-tested directly.
 
 pub mod emoji;
+pub mod emotion;
 pub mod event;
 pub mod record;
 pub mod scale;

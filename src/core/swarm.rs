@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::emotion::Mood;
 use super::scale::ScaleRule;
 use super::window::Counts;
 
@@ -24,6 +25,9 @@ pub struct SwarmMessage {
     /// When the publisher closed the window (ms since the epoch): the start of delivery latency.
     #[serde(default)]
     pub closed_at: i64,
+    /// Emotions, mood, trend and surges of the window.
+    #[serde(flatten, default)]
+    pub mood: Mood,
 }
 
 impl SwarmMessage {
@@ -31,7 +35,14 @@ impl SwarmMessage {
     pub fn new(window_start: i64, window_end: i64, counts: Counts, late: u64, rule: ScaleRule, closed_at: i64) -> Self {
         let total = counts.values().sum();
         let swarm = rule.apply(&counts);
-        Self { window_start, window_end, total, counts, swarm, late, closed_at }
+        Self { window_start, window_end, total, counts, swarm, late, closed_at, mood: Mood::default() }
+    }
+
+    /// Adds the window's emotion fields.
+    #[must_use]
+    pub fn with_mood(mut self, mood: Mood) -> Self {
+        self.mood = mood;
+        self
     }
 
     /// The JSON bytes sent to every client: serialized once per window.

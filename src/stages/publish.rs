@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::emotion::{EmotionMap, TrendConfig, TrendState, observe};
 use crate::core::record::PartialRecord;
 use crate::core::scale::ScaleRule;
 use crate::core::swarm::SwarmMessage;
@@ -28,15 +29,20 @@ pub const GROUP: &str = "emostream-publish";
 pub struct PublishConfig {
     pub window: WindowSpec,
     pub scale: ScaleRule,
+    pub emotions: Arc<EmotionMap>,
+    pub trend: TrendConfig,
     pub transactional_id: Option<String>,
 }
 
 /// Committed with the consumer offsets of `emoji_partials`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub last_published: Option<i64>,
     /// First window each event partition reported (earlier windows count as empty for it).
     pub first: BTreeMap<u32, i64>,
+    /// Moving averages behind `trend` and `surges`, so a restarted publisher continues them.
+    #[serde(default)]
+    pub trend: TrendState,
 }
 
 /// Merging state, pure: feed partials, take the windows that are complete.
@@ -110,6 +116,11 @@ impl Merger {
             out.push(Complete { window_start: next, window_end: next + self.spec.size_ms(), counts, late });
             self.state.last_published = Some(next);
         }
+    }
+
+    /// The emotion fields of a window just taken, advancing the trend kept in the checkpoint.
+    pub fn mood(&mut self, map: &EmotionMap, config: &TrendConfig, counts: &crate::core::window::Counts) -> crate::core::emotion::Mood {
+        observe(map, config, &mut self.state.trend, counts)
     }
 
     /// Where to resume reading each partials partition: the earliest partial not yet published.
@@ -190,9 +201,10 @@ pub async fn run(log: Arc<dyn Log>, config: PublishConfig, shutdown: Cancellatio
                 if !complete.is_empty() {
                     let now = now_ms();
                     let outputs: Vec<Output> = complete
-                        .iter()
+                        .into_iter()
                         .map(|c| {
-                            let msg = SwarmMessage::new(c.window_start, c.window_end, c.counts.clone(), c.late, config.scale, now);
+                            let mood = m.mood(&config.emotions, &config.trend, &c.counts);
+                            let msg = SwarmMessage::new(c.window_start, c.window_end, c.counts, c.late, config.scale, now).with_mood(mood);
                             delay.record((now - c.window_end).max(0) as f64 / 1000.0);
                             Output::new(topics::MAIN, msg.to_bytes()).to_partition(0)
                         })
