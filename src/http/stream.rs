@@ -166,3 +166,55 @@ async fn ws_loop(mut socket: WebSocket, mut conn: Conn) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::subscriber::QUEUE;
+
+    fn frame(start: i64) -> Arc<Frame> {
+        Arc::new(Frame::from_json(Bytes::from(format!(r#"{{"window_start":{start}}}"#))).unwrap())
+    }
+
+    fn conn(hub: &Arc<Hub>) -> Conn {
+        let (first, rx) = hub.attach();
+        Conn {
+            _guard: ConnGuard::new(hub.clone()),
+            hub: hub.clone(),
+            rx,
+            first,
+            last: i64::MIN,
+            client: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_and_others_are_not_delayed() {
+        let hub = Hub::new(1, 1);
+        hub.publish(frame(0));
+        let mut slow = conn(&hub);
+        let mut fast = conn(&hub);
+        assert!(matches!(slow.next().await, Next::Frame(f) if f.window_start == 0), "latest window first");
+        assert!(matches!(fast.next().await, Next::Frame(f) if f.window_start == 0));
+        for w in 1..=(QUEUE as i64 + 2) {
+            hub.publish(frame(w * 1000));
+            // The fast reader keeps up; publishing never waits for the slow one.
+            assert!(matches!(fast.next().await, Next::Frame(f) if f.window_start == w * 1000));
+        }
+        assert!(matches!(slow.next().await, Next::End("too slow")));
+    }
+
+    #[tokio::test]
+    async fn a_window_is_never_sent_twice_to_a_connection() {
+        let hub = Hub::new(1, 1);
+        hub.publish(frame(1000));
+        let mut c = conn(&hub);
+        hub.publish(frame(1000)); // a repeat (e.g. after a restart) is ignored by the hub
+        hub.publish(frame(2000));
+        assert!(matches!(c.next().await, Next::Frame(f) if f.window_start == 1000));
+        assert!(matches!(c.next().await, Next::Frame(f) if f.window_start == 2000));
+        c.client.cancel();
+        assert!(matches!(c.next().await, Next::End("unsubscribed")));
+    }
+}
