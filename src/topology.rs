@@ -262,6 +262,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         streams_shutdown: streams_shutdown.clone(),
         window_ms: window.size_ms(),
         ingest_url: format!("http://{ingest_addr}"),
+        emojis: config.emojis.iter().map(|e| e.to_string()).collect(),
     };
     let api_app = http::api::app(api_state);
     sup.step();

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub window_ms: i64,
     /// Where clients send emojis, for the dashboard.
     pub ingest_url: String,
+    /// The accepted emojis, for the dashboard's send buttons.
+    pub emojis: Vec<String>,
 }
 
 /// The API router.
@@ -222,6 +224,7 @@ async fn stats(State(s): State<ApiState>) -> impl IntoResponse {
         "subscribers": s.registry.subscribers(),
         "window_ms": s.window_ms,
         "ingest_url": s.ingest_url,
+        "emojis": s.emojis,
     }))
 }
 
