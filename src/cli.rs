@@ -35,6 +35,8 @@ pub enum Command {
     Up(UpArgs),
     /// Watch the swarm and send emojis: the original interactive client.
     Client(crate::client::ClientArgs),
+    /// Simulate an audience against a running pipeline: verify every window and count, measure latency.
+    Load(crate::load::LoadArgs),
 }
 
 /// Parses a duration such as `500ms`, `2s` or `1m`.

@@ -12,13 +12,17 @@
 //! - [`topology`]: which stages run in this process, wired to a log, with ordered shutdown.
 //! - [`cli`]: the command line (flags, `EMOSTREAM_*` variables, `--config` TOML).
 //! - [`client`]: `emostream client`, the interactive viewer and sender.
+//! - [`load`]: `emostream load`, a simulated audience with exact verification and latency figures.
+//! - [`sys`]: process limits and `/proc` figures (open files, RSS, CPU time).
 //! - [`telemetry`]: metric names and logging setup.
 
 pub mod cli;
 pub mod client;
 pub mod core;
 pub mod http;
+pub mod load;
 pub mod log;
 pub mod stages;
+pub mod sys;
 pub mod telemetry;
 pub mod topology;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Client(args) => emostream::client::run(args).await,
+            Command::Load(args) => emostream::load::run(args).await,
         }
     });
     match result {
@@ -40,6 +41,10 @@ fn main() -> ExitCode {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // One socket per viewer: 10 000 viewers need more than the usual 1024 open files.
+    if let Err(e) = emostream::sys::raise_nofile_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let config = args.to_config()?;
     let running = topology::up(config.clone(), Arc::new(MemoryLog::new())).await.context("cannot start the pipeline")?;
     let (ingest, api) = (running.ingest_addr, running.api_addr);
