@@ -119,12 +119,13 @@ pub fn app(state: IngestState, limits: IngestLimits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
-        .with_state(state)
+        // One `Arc` clone per request instead of one per handle and counter inside the state.
+        .with_state(Arc::new(state))
 }
 
 const RECEIVED: &str = r#"{"message":"Emoji received"}"#;
 
-async fn post_emoji(State(s): State<IngestState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_emoji(State(s): State<Arc<IngestState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(r) => {
@@ -168,7 +169,7 @@ struct BatchAnswer {
 /// Most item errors listed in one answer; `rejected` still counts them all.
 const MAX_LISTED_ERRORS: usize = 100;
 
-async fn post_emojis(State(s): State<IngestState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_emojis(State(s): State<Arc<IngestState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(r) => {
@@ -234,7 +235,7 @@ async fn healthz() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
 }
 
-async fn metrics_text(State(s): State<IngestState>) -> impl IntoResponse {
+async fn metrics_text(State(s): State<Arc<IngestState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render())
 }
 

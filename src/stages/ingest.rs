@@ -1,17 +1,19 @@
 //! Ingest: stamps accepted events with the receive time and batches them onto `emoji_topic`.
 //!
 //! The request path ([`IngestHandle::submit`]) never takes a lock shared by all connections: it
-//! reserves room with one atomic add on the bounded buffer and sends on a lock-free channel. One
-//! batcher task counts equal (millisecond, emoji) pairs together and appends a record every `linger`
-//! or every `batch` events, whichever comes first.
+//! reserves room with one atomic add on the bounded buffer, then in fast mode adds its counts to one
+//! of several sharded accumulators (the shard of its worker thread, so the lock is practically never
+//! contended and no task is woken per request); in durable mode it sends on a lock-free channel and
+//! waits for its ack. One batcher task takes both, counts equal (millisecond, emoji) pairs together
+//! and appends a record every `linger` or every `batch` events, whichever comes first.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::emoji::{EmojiId, EmojiSet};
@@ -76,10 +78,90 @@ struct Submission {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Fast-mode accumulators, one per shard, drained by the batcher.
+struct Shards {
+    shards: Box<[Shard]>,
+    /// Events added since the batcher last drained.
+    unflushed: AtomicU64,
+    batch: u64,
+    /// Wakes the batcher when `unflushed` reaches `batch`.
+    full: Notify,
+    /// Set by the batcher before its final drain: later submissions are refused, never lost.
+    closed: AtomicBool,
+}
+
+/// Padded to its own cache lines so shards on different cores do not share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    /// `std::sync::Mutex`: held for a few map updates, never across an await; each worker thread
+    /// has its own shard, so it is contended only when the batcher drains it.
+    counts: Mutex<HashMap<(i64, EmojiId), u32>>,
+}
+
+thread_local! {
+    /// This thread's shard (assigned round-robin the first time it submits).
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+}
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+impl Shards {
+    fn new(batch: u64) -> Self {
+        let n = std::thread::available_parallelism().map_or(4, |n| n.get()) * 2;
+        Self {
+            shards: (0..n.max(2)).map(|_| Shard::default()).collect(),
+            unflushed: AtomicU64::new(0),
+            batch,
+            full: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds counts; false when the batcher has closed (nothing was added).
+    fn add(&self, ts_ms: i64, items: &Items, events: u64) -> bool {
+        let shard = &self.shards[SHARD.with(|s| *s) % self.shards.len()];
+        {
+            let mut counts = shard.counts.lock().expect("ingest shard poisoned");
+            // Checked under the lock: the batcher sets `closed` before its last drain of this shard.
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            match items {
+                Items::One(e) => *counts.entry((ts_ms, *e)).or_default() += 1,
+                Items::Many(v) => {
+                    for (e, n) in v {
+                        *counts.entry((ts_ms, *e)).or_default() += n;
+                    }
+                }
+            }
+        }
+        let before = self.unflushed.fetch_add(events, Ordering::AcqRel);
+        if before < self.batch && before + events >= self.batch {
+            self.full.notify_one();
+        }
+        true
+    }
+
+    /// Moves every shard's counts into `p`.
+    fn drain_into(&self, p: &mut Pending) {
+        for shard in self.shards.iter() {
+            let taken = std::mem::take(&mut *shard.counts.lock().expect("ingest shard poisoned"));
+            let mut events = 0u64;
+            for (k, n) in taken {
+                events += u64::from(n);
+                *p.counts.entry(k).or_default() += n;
+            }
+            p.events += events;
+            self.unflushed.fetch_sub(events, Ordering::AcqRel);
+        }
+    }
+}
+
 /// The request path's side of ingest. Cheap to clone.
 #[derive(Clone)]
 pub struct IngestHandle {
     tx: mpsc::UnboundedSender<Submission>,
+    shards: Arc<Shards>,
     queued: Arc<AtomicU64>,
     capacity: u64,
     ack: AckMode,
@@ -102,24 +184,22 @@ impl IngestHandle {
             self.busy.increment(events);
             return Err(SubmitError::Busy(before));
         }
-        let (done, wait) = match self.ack {
-            AckMode::Fast => (None, None),
-            AckMode::Durable => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+        if self.ack == AckMode::Fast {
+            if !self.shards.add(ts_ms, &items, events) {
+                self.queued.fetch_sub(events, Ordering::AcqRel);
+                return Err(SubmitError::ShuttingDown);
             }
-        };
-        if self.tx.send(Submission { ts_ms, items, events, done }).is_err() {
+            return Ok(());
+        }
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Submission { ts_ms, items, events, done: Some(done) }).is_err() {
             self.queued.fetch_sub(events, Ordering::AcqRel);
             return Err(SubmitError::ShuttingDown);
         }
-        match wait {
-            None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SubmitError::Log(e)),
-                Err(_) => Err(SubmitError::ShuttingDown),
-            },
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SubmitError::Log(e)),
+            Err(_) => Err(SubmitError::ShuttingDown),
         }
     }
 
@@ -132,6 +212,7 @@ impl IngestHandle {
 /// The batcher task, created with its handle by [`ingest`].
 pub struct Batcher {
     rx: mpsc::UnboundedReceiver<Submission>,
+    shards: Arc<Shards>,
     queued: Arc<AtomicU64>,
     log: Arc<dyn Log>,
     set: EmojiSet,
@@ -144,8 +225,10 @@ pub struct Batcher {
 pub fn ingest(log: Arc<dyn Log>, set: EmojiSet, config: IngestConfig) -> (IngestHandle, Batcher) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicU64::new(0));
+    let shards = Arc::new(Shards::new(config.batch));
     let handle = IngestHandle {
         tx,
+        shards: shards.clone(),
         queued: queued.clone(),
         capacity: config.buffer,
         ack: config.ack,
@@ -153,6 +236,7 @@ pub fn ingest(log: Arc<dyn Log>, set: EmojiSet, config: IngestConfig) -> (Ingest
     };
     let batcher = Batcher {
         rx,
+        shards,
         queued,
         log,
         set,
@@ -194,7 +278,14 @@ impl Batcher {
                     }
                     None => break,
                 },
+                () = self.shards.full.notified() => {
+                    self.shards.drain_into(&mut pending);
+                    if pending.events > 0 {
+                        self.flush(&mut pending, &mut next_partition).await?;
+                    }
+                }
                 _ = tick.tick() => {
+                    self.shards.drain_into(&mut pending);
                     if pending.events > 0 {
                         self.flush(&mut pending, &mut next_partition).await?;
                     }
@@ -203,6 +294,8 @@ impl Batcher {
             }
         }
         // Stop taking submissions, then append everything already acknowledged.
+        self.shards.closed.store(true, Ordering::Release);
+        self.shards.drain_into(&mut pending);
         self.rx.close();
         while let Some(s) = self.rx.recv().await {
             add(&mut pending, s);
