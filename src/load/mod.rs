@@ -122,6 +122,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         .buffered(32)
         .collect::<Vec<_>>()
         .await;
+        summary.server_rss_subscribed_kib = args.server_pid.and_then(crate::sys::rss_kib);
         let ws_base = api.replacen("http", "ws", 1);
         let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         for (i, (id, sub)) in ids.iter().zip(subs).enumerate() {

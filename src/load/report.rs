@@ -168,8 +168,14 @@ pub struct Summary {
     /// Share of the machine's CPU time the load generator used while sending.
     pub load_cpu_share: Option<f64>,
     pub server_rss_idle_kib: Option<u64>,
+    /// After every viewer subscribed, before any stream opened: isolates the cost of the streams
+    /// from the registry and the allocator's memory kept from the subscribe answers.
+    pub server_rss_subscribed_kib: Option<u64>,
     pub server_rss_connected_kib: Option<u64>,
+    /// (connected − idle) / viewers.
     pub server_rss_per_client_bytes: Option<f64>,
+    /// (connected − subscribed) / viewers: what an open idle stream costs.
+    pub server_rss_per_stream_bytes: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Sample>,
     /// (percentile, ms) pairs of the delivery latency distribution.
@@ -228,6 +234,11 @@ impl Summary {
             && self.clients_connected > 0
         {
             self.server_rss_per_client_bytes = Some((b as f64 - a as f64) * 1024.0 / self.clients_connected as f64);
+        }
+        if let (Some(a), Some(b)) = (self.server_rss_subscribed_kib, f.phase.server_rss_connected_kib)
+            && self.clients_connected > 0
+        {
+            self.server_rss_per_stream_bytes = Some((b as f64 - a as f64) * 1024.0 / self.clients_connected as f64);
         }
         self.timeline = f.timeline;
 
@@ -320,8 +331,13 @@ impl Summary {
         }
         if let (Some(a), Some(b)) = (self.server_rss_idle_kib, self.server_rss_connected_kib) {
             println!(
-                "  {:<34} {} KiB idle, {} KiB connected ({:.0} B per viewer)",
-                "server RSS", a, b, self.server_rss_per_client_bytes.unwrap_or(0.0)
+                "  {:<34} {} KiB idle, {} KiB subscribed, {} KiB connected ({:.0} B per viewer, {:.0} B per open stream)",
+                "server RSS",
+                a,
+                self.server_rss_subscribed_kib.unwrap_or(0),
+                b,
+                self.server_rss_per_client_bytes.unwrap_or(0.0),
+                self.server_rss_per_stream_bytes.unwrap_or(0.0)
             );
         }
     }
