@@ -1,6 +1,6 @@
 //! The do-nothing baseline for `bench/run`: an axum server that reads the body of `POST /emoji` (and
 //! `POST /emojis`) and answers 200 `{"message":"Emoji received"}`, served the same way as EmoStream's
-//! ingest (`axum::serve`, multi-thread tokio runtime). EmoStream's request path is measured against it.
+//! ingest (`emostream::http::serve_http1`, multi-thread tokio runtime). EmoStream's request path is measured against it.
 //!
 //! `cargo run --release --example baseline_server -- 127.0.0.1:5101`
 
@@ -21,5 +21,5 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/emoji", post(received)).route("/emojis", post(received));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("baseline listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await
+    emostream::http::serve_http1(listener, app, tokio_util::sync::CancellationToken::new()).await
 }

@@ -212,7 +212,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     );
     let ingest_app = http::ingest::app(http::ingest::IngestState::new(handle, config.emojis.clone(), prometheus.clone()), config.limits);
     sup.step();
-    sup.spawn("ingest-http", |stop| http::serve(ingest_listener, ingest_app, stop));
+    sup.spawn("ingest-http", |stop| http::serve_http1(ingest_listener, ingest_app, stop));
     sup.step();
     sup.spawn("ingest-batcher", |stop| batcher.run(stop));
 
@@ -275,7 +275,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
                 s2.cancelled().await;
                 ss.cancel();
             });
-            http::serve(api_listener, api_app, stop).await
+            http::serve_http1(api_listener, api_app, stop).await
         }
     });
 
