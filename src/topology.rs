@@ -241,10 +241,11 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     sup.step();
     for c in 1..=config.clusters {
         for s in 1..=config.subscribers {
-            let hub = Hub::new(c, s);
+            let hub = Hub::new(c, s, config.history);
             hubs.insert((c, s), hub.clone());
             let l = log.clone();
-            sup.spawn(format!("subscriber-{c}.{s}"), move |stop| subscriber::run(l, hub, stop));
+            let replay = config.history as u64;
+            sup.spawn(format!("subscriber-{c}.{s}"), move |stop| subscriber::run(l, hub, replay, stop));
         }
     }
     let history_store = History::new(config.history);
@@ -263,6 +264,9 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         window_ms: window.size_ms(),
         ingest_url: format!("http://{ingest_addr}"),
         emojis: config.emojis.iter().map(|e| e.to_string()).collect(),
+        api_url: format!("http://{api_addr}"),
+        subscriptions_log: None,
+        placement_wait: Duration::ZERO,
     };
     let api_app = http::api::app(api_state);
     sup.step();

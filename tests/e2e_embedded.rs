@@ -270,6 +270,47 @@ async fn a_new_connection_first_gets_the_latest_window() {
     assert!(w["windows"][0]["window_start"] == latest["window_start"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_answer_says_where_to_connect() {
+    let server = Server::start(&["--window", "200ms"]).await;
+    let api = server.api.clone();
+    let v = subscribe(&api, json!({"client_id": "c 1", "subscription_key": "23"})).await;
+    assert_eq!(v["stream_url"], format!("{api}/stream/c%201"), "{v}");
+    assert_eq!(v["ws_url"], format!("{}/ws/c%201", api.replacen("http", "ws", 1)), "{v}");
+    assert_eq!(v["stream_path"], "/stream/c%201", "embedded fields stay");
+    // The URLs work as given.
+    assert_eq!(sse_take(v["stream_url"].as_str().unwrap(), None, 1).await.len(), 1);
+    assert_eq!(ws_take(v["ws_url"].as_str().unwrap(), 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gets_exactly_the_windows_after_its_last_one() {
+    let server = Server::start(&["--window", "200ms"]).await;
+    let api = server.api.clone();
+    let v = subscribe(&api, json!({"client_id": "resumer"})).await;
+    let (stream_url, ws_url) = (v["stream_url"].as_str().unwrap().to_string(), v["ws_url"].as_str().unwrap().to_string());
+    let first = sse_take(&stream_url, None, 3).await;
+    assert_consecutive(&first, 200, "first connection");
+    let last = first[2]["window_start"].as_i64().unwrap();
+    // Away for a few windows, then back with Last-Event-ID: the missed windows first, then live ones.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let resumed = sse_take(&stream_url, Some(last), 6).await;
+    assert_eq!(resumed[0]["window_start"].as_i64().unwrap(), last + 200, "no gap, no repeat: {resumed:?}");
+    assert_consecutive(&resumed, 200, "resumed SSE");
+    // The same over WebSocket with ?after=.
+    let last = resumed[5]["window_start"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ws = ws_take(&format!("{ws_url}?after={last}"), 5).await;
+    assert_eq!(ws[0]["window_start"].as_i64().unwrap(), last + 200, "{ws:?}");
+    assert_consecutive(&ws, 200, "resumed WebSocket");
+    // Without a resume point a connection starts at the latest window, as before.
+    let fresh = sse_take(&stream_url, None, 1).await;
+    assert!(fresh[0]["window_start"].as_i64().unwrap() > last + 600);
+    let r = reqwest::Client::new().get(&stream_url).header("Last-Event-ID", "yesterday").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("Last-Event-ID"));
+}
+
 #[test]
 fn cli_errors_name_the_flag() {
     for (args, needle) in [

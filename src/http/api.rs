@@ -1,11 +1,16 @@
 //! The subscription and delivery API: `/subscribe`, `/unsubscribe`, `/subscriptions`, the client
 //! streams, `/windows`, `/stats`, `/metrics`, `/healthz`.
+//!
+//! Embedded, one process serves all of it ([`app`]). Distributed, the `registry` process serves the
+//! subscription half ([`registry_app`]) and writes every change to the subscriptions topic before it
+//! answers; each `subscriber` process serves its own clients' streams ([`subscriber_app`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -13,8 +18,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::log::Log;
 use crate::stages::history::History;
-use crate::stages::registry::{Placement, Registry, Slot, parse_key};
+use crate::stages::registry::{Entry, Placement, Registry, RegistryError, Slot, Update, parse_key};
 use crate::stages::subscriber::Hub;
 
 use super::ApiError;
@@ -36,21 +42,45 @@ pub struct ApiState {
     pub ingest_url: String,
     /// The accepted emojis, for the dashboard's send buttons.
     pub emojis: Vec<String>,
+    /// Base URL of this API as bound (`http://127.0.0.1:5002`): the stream URLs given to clients when
+    /// the request carries no `Host`.
+    pub api_url: String,
+    /// Distributed registry: where subscriptions are written before they are answered. `None`: the
+    /// registry lives in this process only (embedded).
+    pub subscriptions_log: Option<Arc<dyn Log>>,
+    /// How long a stream request waits for its client to show up in the registry (distributed: the
+    /// registry's write takes a moment to reach the subscriber).
+    pub placement_wait: Duration,
 }
 
-/// The API router.
+/// The embedded API: subscriptions, streams and the dashboard in one router.
 pub fn app(state: ApiState) -> Router {
-    Router::new()
-        .route("/subscribe", post(subscribe))
-        .route("/unsubscribe", post(unsubscribe))
-        .route("/subscriptions", get(subscriptions))
-        .route("/stream/{client_id}", get(stream::sse))
-        .route("/ws/{client_id}", get(stream::ws))
-        .route("/windows", get(windows))
+    common(subscription_routes(delivery_routes(Router::new())).merge(crate::http::dashboard::routes()), state)
+}
+
+/// The `registry` process's API: subscribe, unsubscribe, list, and where each subscriber is.
+pub fn registry_app(state: ApiState) -> Router {
+    common(subscription_routes(Router::new()).route("/subscribers", get(subscribers)), state)
+}
+
+/// A `subscriber` process's API: its clients' streams (and a read-only view of the registry).
+pub fn subscriber_app(state: ApiState) -> Router {
+    common(delivery_routes(Router::new()).route("/subscriptions", get(subscriptions)), state)
+}
+
+fn subscription_routes(r: Router<ApiState>) -> Router<ApiState> {
+    r.route("/subscribe", post(subscribe)).route("/unsubscribe", post(unsubscribe)).route("/subscriptions", get(subscriptions))
+}
+
+fn delivery_routes(r: Router<ApiState>) -> Router<ApiState> {
+    r.route("/stream/{client_id}", get(stream::sse)).route("/ws/{client_id}", get(stream::ws))
+}
+
+fn common(r: Router<ApiState>, state: ApiState) -> Router {
+    r.route("/windows", get(windows))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
-        .merge(crate::http::dashboard::routes())
         .fallback(super::ingest::not_found)
         .method_not_allowed_fallback(super::ingest::method_not_allowed)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
@@ -110,12 +140,56 @@ struct Subscribed {
     subscription_key: String,
     stream_path: String,
     ws_path: String,
+    /// Absolute URLs at the subscriber that holds the client: where to connect.
+    stream_url: String,
+    ws_url: String,
     subscriptions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-fn paths(client_id: &str) -> (String, String) {
+pub(crate) fn paths(client_id: &str) -> (String, String) {
     let enc = percent_encode(client_id);
     (format!("/stream/{enc}"), format!("/ws/{enc}"))
+}
+
+/// The absolute stream and WebSocket URLs of a client at a subscriber's base URL.
+pub(crate) fn urls(base: &str, client_id: &str) -> (String, String) {
+    let (stream_path, ws_path) = paths(client_id);
+    let base = base.trim_end_matches('/');
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        format!("ws://{}", base.strip_prefix("http://").unwrap_or(base))
+    };
+    (format!("{base}{stream_path}"), format!("{ws_base}{ws_path}"))
+}
+
+/// Where the subscriber holding `slot` serves: its announced URL (distributed), or this API as the
+/// client reached it (embedded).
+fn base_url(s: &ApiState, headers: &HeaderMap, slot: Slot) -> String {
+    if let Some(url) = s.registry.url(slot) {
+        return url;
+    }
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.is_empty() => format!("http://{host}"),
+        _ => s.api_url.clone(),
+    }
+}
+
+fn registry_error(e: RegistryError) -> ApiError {
+    if e.is_unavailable() { ApiError::unavailable(e.to_string()) } else { ApiError::bad_request(e.to_string()) }
+}
+
+/// Distributed: writes a change to the subscriptions topic, then applies it here (so this answer and
+/// the next ones reflect it). Embedded: applies it.
+async fn record(s: &ApiState, update: Update) -> Result<Option<Slot>, ApiError> {
+    let Some(log) = &s.subscriptions_log else {
+        return Ok(s.registry.assign(&update.client_id, update.slot));
+    };
+    log.append(vec![Entry::Client(update.clone()).to_output()]).await.map_err(|e| {
+        tracing::warn!(client_id = %update.client_id, error = %e, "cannot write a subscription change to the log");
+        ApiError::unavailable(format!("cannot record the change in the log: {e}"))
+    })?;
+    Ok(s.registry.commit_local(&update))
 }
 
 /// Percent-encodes everything but unreserved characters, so any client id makes a valid path.
@@ -131,11 +205,14 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-async fn subscribe(State(s): State<ApiState>, Json(body): Json<SubscribeBody>) -> Result<Response, ApiError> {
+async fn subscribe(State(s): State<ApiState>, headers: HeaderMap, Json(body): Json<SubscribeBody>) -> Result<Response, ApiError> {
     let client_id = body.client_id()?;
     let placement = body.placement()?;
-    let Slot { cluster, subscriber } = s.registry.subscribe(client_id, placement).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let slot = s.registry.place(client_id, placement).map_err(registry_error)?;
+    record(&s, Update { client_id: client_id.to_string(), slot: Some(slot) }).await?;
+    let Slot { cluster, subscriber } = slot;
     let (stream_path, ws_path) = paths(client_id);
+    let (stream_url, ws_url) = urls(&base_url(&s, &headers, slot), client_id);
     tracing::debug!(client_id, cluster, subscriber, "subscribed");
     Ok(Json(Subscribed {
         client_id: client_id.to_string(),
@@ -144,6 +221,8 @@ async fn subscribe(State(s): State<ApiState>, Json(body): Json<SubscribeBody>) -
         subscription_key: Slot { cluster, subscriber }.key(),
         stream_path,
         ws_path,
+        stream_url,
+        ws_url,
         subscriptions: s.registry.map(),
     })
     .into_response())
@@ -151,7 +230,11 @@ async fn subscribe(State(s): State<ApiState>, Json(body): Json<SubscribeBody>) -
 
 async fn unsubscribe(State(s): State<ApiState>, Json(body): Json<SubscribeBody>) -> Result<Response, ApiError> {
     let client_id = body.client_id()?;
-    match s.registry.unsubscribe(client_id) {
+    let was = match s.registry.lookup(client_id) {
+        Some(_) => record(&s, Update { client_id: client_id.to_string(), slot: None }).await?,
+        None => None,
+    };
+    match was {
         Some(slot) => Ok(Json(serde_json::json!({
             "client_id": client_id,
             "unsubscribed": true,
@@ -165,6 +248,11 @@ async fn unsubscribe(State(s): State<ApiState>, Json(body): Json<SubscribeBody>)
 
 async fn subscriptions(State(s): State<ApiState>) -> impl IntoResponse {
     Json(s.registry.map())
+}
+
+/// `GET /subscribers`: the subscribers that announced themselves, key → base URL.
+async fn subscribers(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(s.registry.directory())
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,5 +332,11 @@ mod tests {
     fn paths_encode_any_client_id() {
         assert_eq!(paths("c 1/é").0, "/stream/c%201%2F%C3%A9");
         assert_eq!(paths("c1").1, "/ws/c1");
+    }
+
+    #[test]
+    fn urls_are_absolute_at_the_base() {
+        assert_eq!(urls("http://10.0.0.7:5101/", "c 1"), ("http://10.0.0.7:5101/stream/c%201".into(), "ws://10.0.0.7:5101/ws/c%201".into()));
+        assert_eq!(urls("https://live.example", "c1").1, "wss://live.example/ws/c1");
     }
 }

@@ -9,11 +9,20 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Fields answered beside `error`, e.g. where a misdirected client should connect instead.
+    pub fields: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), fields: Vec::new() }
+    }
+
+    /// Adds a field to the JSON answer.
+    #[must_use]
+    pub fn with_field(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.fields.push((name, value.into()));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -31,7 +40,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut body = serde_json::json!({ "error": self.message });
+        for (name, value) in self.fields {
+            body[name] = value.into();
+        }
+        let body = body.to_string();
         let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -1,22 +1,29 @@
 //! Client streams: `GET /stream/{client_id}` (Server-Sent Events) and `GET /ws/{client_id}`
 //! (WebSocket), one message per window, the latest window first.
 //!
+//! A client that reconnects says which window it saw last: the SSE `Last-Event-ID` header (the `id:`
+//! of each event is its `window_start`, and browsers send it by themselves) or `?after=<window_start>`
+//! (either transport). It then first gets every window after that one that its subscriber still holds,
+//! then the live ones: no window twice, none missing.
+//!
 //! Both write the bytes framed once per window by the subscriber. A stream ends when the client
 //! unsubscribes or moves, when it falls too far behind (dropped and counted), or at shutdown after
 //! the last window is delivered.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::header;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+use crate::stages::registry::Slot;
 use crate::stages::subscriber::{Frame, Hub};
 
 use super::ApiError;
@@ -24,6 +31,9 @@ use super::api::ApiState;
 
 /// A comment line keeps idle proxies from closing an SSE stream between windows.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Longest a new stream waits for its subscriber to finish reading the windows it replays from.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// Counts a connection in its subscriber's gauge for as long as it lives.
 struct ConnGuard(Arc<Hub>);
@@ -45,7 +55,8 @@ impl Drop for ConnGuard {
 struct Conn {
     hub: Arc<Hub>,
     rx: tokio::sync::broadcast::Receiver<Arc<Frame>>,
-    first: Option<Arc<Frame>>,
+    /// Windows sent before the live ones: the latest, or those after the client's last one.
+    backlog: VecDeque<Arc<Frame>>,
     /// Last window sent: nothing at or before it is sent again.
     last: i64,
     client: CancellationToken,
@@ -61,9 +72,11 @@ enum Next {
 
 impl Conn {
     async fn next(&mut self) -> Next {
-        if let Some(f) = self.first.take() {
-            self.last = f.window_start;
-            return Next::Frame(f);
+        while let Some(f) = self.backlog.pop_front() {
+            if f.window_start > self.last {
+                self.last = f.window_start;
+                return Next::Frame(f);
+            }
         }
         loop {
             tokio::select! {
@@ -89,23 +102,75 @@ impl Conn {
     }
 }
 
-fn open(state: &ApiState, client_id: &str) -> Result<Conn, ApiError> {
-    let (slot, client) = state.registry.lookup(client_id).ok_or_else(|| {
-        ApiError::not_found(format!("client {client_id:?} is not subscribed; POST /subscribe first"))
-    })?;
-    let hub = state.hubs.get(&(slot.cluster, slot.subscriber)).cloned().ok_or_else(|| {
-        ApiError::not_found(format!(
-            "client {client_id:?} is on subscriber {} which this process does not serve",
-            slot.key()
-        ))
-    })?;
-    let (first, rx) = hub.attach();
-    Ok(Conn { _guard: ConnGuard::new(hub.clone()), hub, rx, first, last: i64::MIN, client, shutdown: state.streams_shutdown.clone() })
+/// `?after=<window_start>`: the last window the client has.
+#[derive(Debug, serde::Deserialize)]
+pub struct StreamQuery {
+    after: Option<String>,
+}
+
+/// The window after which to resume: `?after=` or else the `Last-Event-ID` header.
+fn resume_after(query: &StreamQuery, headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let (name, value) = match (&query.after, headers.get("last-event-id")) {
+        (Some(a), _) => ("query parameter `after`", a.as_str()),
+        (None, Some(h)) => ("header `Last-Event-ID`", h.to_str().map_err(|_| ApiError::bad_request("header `Last-Event-ID` must be a window_start"))?),
+        (None, None) => return Ok(None),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse::<i64>().map(Some).map_err(|_| ApiError::bad_request(format!("{name} must be a window_start (ms since the epoch), got {value:?}")))
+}
+
+async fn open(state: &ApiState, client_id: &str, after: Option<i64>) -> Result<Conn, ApiError> {
+    let here = |slot: Slot| state.hubs.contains_key(&(slot.cluster, slot.subscriber));
+    let found = match state.registry.lookup(client_id) {
+        Some(f) if here(f.0) || state.placement_wait.is_zero() => Some(f),
+        _ => state.registry.wait_for(client_id, state.placement_wait, here).await,
+    };
+    let (slot, client) =
+        found.ok_or_else(|| ApiError::not_found(format!("client {client_id:?} is not subscribed; POST /subscribe first")))?;
+    let Some(hub) = state.hubs.get(&(slot.cluster, slot.subscriber)).cloned() else {
+        return Err(misdirected(state, client_id, slot));
+    };
+    if !hub.is_caught_up() {
+        let _ = tokio::time::timeout(CATCH_UP_WAIT, hub.caught_up()).await;
+    }
+    let (backlog, rx) = hub.attach(after);
+    Ok(Conn {
+        _guard: ConnGuard::new(hub.clone()),
+        hub,
+        rx,
+        backlog: backlog.into(),
+        last: after.unwrap_or(i64::MIN),
+        client,
+        shutdown: state.streams_shutdown.clone(),
+    })
+}
+
+/// A client asking the wrong subscriber: 409, with where it should connect when that is known.
+fn misdirected(state: &ApiState, client_id: &str, slot: Slot) -> ApiError {
+    let e = ApiError::new(StatusCode::CONFLICT, format!("client {client_id:?} is on subscriber {} which this process does not serve", slot.key()))
+        .with_field("subscription_key", slot.key());
+    match state.registry.url(slot) {
+        Some(base) => {
+            let (stream_url, ws_url) = super::api::urls(&base, client_id);
+            let mut e = e.with_field("stream_url", stream_url).with_field("ws_url", ws_url);
+            e.message.push_str("; connect to `stream_url` or `ws_url`");
+            e
+        }
+        None => e,
+    }
 }
 
 /// `GET /stream/{client_id}`: Server-Sent Events, one `swarm` event per window.
-pub async fn sse(State(state): State<ApiState>, Path(client_id): Path<String>) -> Result<Response, ApiError> {
-    let conn = open(&state, &client_id)?;
+pub async fn sse(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let conn = open(&state, &client_id, resume_after(&query, &headers)?).await?;
     let body = futures::stream::unfold(Some(conn), |conn| async move {
         let mut conn = conn?;
         match conn.next().await {
@@ -129,8 +194,14 @@ pub async fn sse(State(state): State<ApiState>, Path(client_id): Path<String>) -
 }
 
 /// `GET /ws/{client_id}`: WebSocket, one text frame per window.
-pub async fn ws(State(state): State<ApiState>, Path(client_id): Path<String>, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
-    let conn = open(&state, &client_id)?;
+pub async fn ws(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let conn = open(&state, &client_id, resume_after(&query, &headers)?).await?;
     Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, conn)))
 }
 
@@ -177,13 +248,17 @@ mod tests {
     }
 
     fn conn(hub: &Arc<Hub>) -> Conn {
-        let (first, rx) = hub.attach();
+        conn_after(hub, None)
+    }
+
+    fn conn_after(hub: &Arc<Hub>, after: Option<i64>) -> Conn {
+        let (backlog, rx) = hub.attach(after);
         Conn {
             _guard: ConnGuard::new(hub.clone()),
             hub: hub.clone(),
             rx,
-            first,
-            last: i64::MIN,
+            backlog: backlog.into(),
+            last: after.unwrap_or(i64::MIN),
             client: CancellationToken::new(),
             shutdown: CancellationToken::new(),
         }
@@ -191,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_stops_reading_is_dropped_and_others_are_not_delayed() {
-        let hub = Hub::new(1, 1);
+        let hub = Hub::new(1, 1, 16);
         hub.publish(frame(0));
         let mut slow = conn(&hub);
         let mut fast = conn(&hub);
@@ -207,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_window_is_never_sent_twice_to_a_connection() {
-        let hub = Hub::new(1, 1);
+        let hub = Hub::new(1, 1, 16);
         hub.publish(frame(1000));
         let mut c = conn(&hub);
         hub.publish(frame(1000)); // a repeat (e.g. after a restart) is ignored by the hub
@@ -216,5 +291,33 @@ mod tests {
         assert!(matches!(c.next().await, Next::Frame(f) if f.window_start == 2000));
         c.client.cancel();
         assert!(matches!(c.next().await, Next::End("unsubscribed")));
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_client_gets_what_it_missed_then_the_live_windows() {
+        let hub = Hub::new(1, 1, 16);
+        for w in 1..=5 {
+            hub.publish(frame(w * 1000));
+        }
+        let mut c = conn_after(&hub, Some(3000));
+        hub.publish(frame(6000));
+        for want in [4000, 5000, 6000] {
+            assert!(matches!(c.next().await, Next::Frame(f) if f.window_start == want), "window {want}");
+        }
+        // Up to date: nothing is replayed, the next live window comes.
+        let mut d = conn_after(&hub, Some(6000));
+        hub.publish(frame(7000));
+        assert!(matches!(d.next().await, Next::Frame(f) if f.window_start == 7000));
+    }
+
+    #[test]
+    fn resume_point_from_query_or_header() {
+        let q = |a: Option<&str>| StreamQuery { after: a.map(String::from) };
+        let mut h = HeaderMap::new();
+        assert_eq!(resume_after(&q(None), &h), Ok(None));
+        h.insert("last-event-id", "1700000000000".parse().unwrap());
+        assert_eq!(resume_after(&q(None), &h), Ok(Some(1_700_000_000_000)));
+        assert_eq!(resume_after(&q(Some("5")), &h), Ok(Some(5)), "the query wins");
+        assert!(resume_after(&q(Some("soon")), &h).unwrap_err().message.contains("`after`"));
     }
 }

@@ -3,18 +3,20 @@
 //! A window is framed once ([`Frame`]: the JSON and its SSE form) and the same bytes go to every
 //! connection through a `broadcast` ring. The ring is each connection's small bounded queue: a
 //! connection that falls more than [`QUEUE`] windows behind is dropped and counted, and nobody else
-//! waits for it.
+//! waits for it. The hub also keeps the last windows (its [`History`]) so a client that reconnects
+//! (`Last-Event-ID`, `?after=`) first gets the windows it missed, then the live ones.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use metrics::{Counter, Gauge};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::{ConsumerConfig, Log, LogError, Polled, StartAt, topics};
 use crate::telemetry;
+
+use super::history::{Follow, History};
 
 /// Windows a connection may be behind before it is dropped.
 pub const QUEUE: usize = 8;
@@ -23,7 +25,9 @@ pub const QUEUE: usize = 8;
 #[derive(Debug)]
 pub struct Frame {
     pub window_start: i64,
-    /// The swarm message JSON (WebSocket text frame, `/windows`).
+    /// When the publisher closed the window (0 when the message does not say).
+    pub closed_at: i64,
+    /// The swarm message JSON (WebSocket text frame, `/windows`): a slice of `sse`, not a copy.
     pub json: Bytes,
     /// `event: swarm\nid: ..\ndata: <json>\n\n`.
     pub sse: Bytes,
@@ -32,6 +36,8 @@ pub struct Frame {
 #[derive(serde::Deserialize)]
 struct Head {
     window_start: i64,
+    #[serde(default)]
+    closed_at: i64,
 }
 
 impl Frame {
@@ -45,9 +51,11 @@ impl Frame {
         sse.put_slice(b"event: swarm\nid: ");
         sse.put_slice(head.window_start.to_string().as_bytes());
         sse.put_slice(b"\ndata: ");
+        let at = sse.len();
         sse.put_slice(&json);
         sse.put_slice(b"\n\n");
-        Ok(Self { window_start: head.window_start, json, sse: sse.freeze() })
+        let sse = sse.freeze();
+        Ok(Self { window_start: head.window_start, closed_at: head.closed_at, json: sse.slice(at..at + json.len()), sse })
     }
 }
 
@@ -56,57 +64,72 @@ impl Frame {
 pub struct Hub {
     pub cluster: u32,
     pub id: u32,
-    tx: broadcast::Sender<Arc<Frame>>,
-    /// Latest window, sent first to a new connection. `std::sync::Mutex`: held for a pointer copy,
-    /// never across an await.
-    latest: Mutex<Option<Arc<Frame>>>,
+    /// The last windows, and the broadcast every connection receives from.
+    history: Arc<History>,
+    /// Cancelled once the hub holds the windows that were in its topic when it started, so a client
+    /// catching up is not sent hundreds of old windows faster than its queue allows.
+    caught_up: CancellationToken,
     pub connected: Gauge,
     pub dropped: Counter,
     pub delivered: Counter,
 }
 
 impl Hub {
-    pub fn new(cluster: u32, id: u32) -> Arc<Self> {
+    /// A hub that keeps the last `replay` windows for reconnecting clients (at least one: the window
+    /// a new connection gets first).
+    pub fn new(cluster: u32, id: u32, replay: usize) -> Arc<Self> {
         let key = format!("{cluster}{id}");
-        let (tx, _) = broadcast::channel(QUEUE);
         Arc::new(Self {
             cluster,
             id,
-            tx,
-            latest: Mutex::new(None),
+            history: History::new(replay.max(1)),
+            caught_up: CancellationToken::new(),
             connected: metrics::gauge!(telemetry::CONNECTED_CLIENTS, "subscriber" => key.clone()),
             dropped: metrics::counter!(telemetry::SLOW_CLIENTS_DROPPED, "subscriber" => key.clone()),
             delivered: metrics::counter!(telemetry::MESSAGES_DELIVERED, "subscriber" => key),
         })
     }
 
-    /// The latest window and a receiver for the following ones, taken together so none is missed.
-    pub fn attach(&self) -> (Option<Arc<Frame>>, broadcast::Receiver<Arc<Frame>>) {
-        let latest = self.latest.lock().expect("hub lock poisoned");
-        (latest.clone(), self.tx.subscribe())
+    /// The windows a new connection starts with and a receiver for the following ones, taken together
+    /// so none is missed or repeated: the latest window, or with `after` every held window after it.
+    pub fn attach(&self, after: Option<i64>) -> Follow {
+        self.history.follow(after)
     }
 
+    /// Delivers a window to every connection; a window at or before the latest is ignored, so each is
+    /// delivered once, in order.
     pub fn publish(&self, frame: Arc<Frame>) {
-        let mut latest = self.latest.lock().expect("hub lock poisoned");
-        if latest.as_ref().is_some_and(|l| l.window_start >= frame.window_start) {
-            return; // a window is delivered once, in order
-        }
-        *latest = Some(frame.clone());
-        // Sent under the lock so `attach` sees either the old latest and this send, or the new latest.
-        let _ = self.tx.send(frame);
+        self.history.push(frame);
     }
 
     pub fn latest(&self) -> Option<Arc<Frame>> {
-        self.latest.lock().expect("hub lock poisoned").clone()
+        self.history.latest()
+    }
+
+    /// The windows this hub holds (a subscriber process answers `GET /windows` from them).
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
+    }
+
+    /// Resolves once the hub has read what its topic held when it started (or its follower stopped).
+    pub async fn caught_up(&self) {
+        self.caught_up.cancelled().await;
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.is_cancelled()
     }
 }
 
-/// Follows `clusterN` into the hub until `shutdown`.
+/// Follows `clusterN` into the hub until `shutdown`, starting with its last `replay` windows (so a
+/// restarted subscriber can still replay what its clients missed while it was down).
 ///
 /// # Errors
 /// When the log fails.
-pub async fn run(log: Arc<dyn Log>, hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), LogError> {
-    let mut consumer = log.consumer(ConsumerConfig::new(topics::cluster(hub.cluster), None, StartAt::Tail(1))).await?;
+pub async fn run(log: Arc<dyn Log>, hub: Arc<Hub>, replay: u64, shutdown: CancellationToken) -> Result<(), LogError> {
+    let _caught_up = hub.caught_up.clone().drop_guard();
+    let started = super::now_ms();
+    let mut consumer = log.consumer(ConsumerConfig::new(topics::cluster(hub.cluster), None, StartAt::Tail(replay.max(1)))).await?;
     let mut stopping = false;
     loop {
         let polled = tokio::select! {
@@ -117,13 +140,21 @@ pub async fn run(log: Arc<dyn Log>, hub: Arc<Hub>, shutdown: CancellationToken) 
             Polled::Records(records) => {
                 for r in records {
                     match Frame::from_json(r.payload) {
-                        Ok(f) => hub.publish(Arc::new(f)),
+                        Ok(f) => {
+                            // A window closed after this follower started: everything before it was read.
+                            if f.closed_at >= started {
+                                hub.caught_up.cancel();
+                            }
+                            hub.publish(Arc::new(f));
+                        }
                         Err(e) => tracing::error!(cluster = hub.cluster, offset = r.offset, error = %e, "skipping a record that is not a swarm message"),
                     }
                 }
             }
             Polled::Idle if stopping => break,
-            Polled::Assigned(_) | Polled::Revoked(_) | Polled::Idle => {}
+            // Nothing more within a poll: what the topic held is read.
+            Polled::Idle => hub.caught_up.cancel(),
+            Polled::Assigned(_) | Polled::Revoked(_) => {}
         }
     }
     Ok(())

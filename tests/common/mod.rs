@@ -172,3 +172,57 @@ pub fn assert_consecutive(windows: &[Value], size_ms: i64, who: &str) {
         assert_eq!(w["window_end"].as_i64().unwrap() - w["window_start"].as_i64().unwrap(), size_ms);
     }
 }
+
+/// Opens an SSE stream (optionally resuming with `Last-Event-ID`), reads `n` windows and hangs up.
+/// Checks that each event's `id:` is its `window_start`.
+pub async fn sse_take(url: &str, last_event_id: Option<i64>, n: usize) -> Vec<Value> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let resp = req.send().await.expect("open stream");
+    assert_eq!(resp.status(), 200, "stream {url}");
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let read = async {
+        while out.len() < n {
+            let chunk = body.next().await.expect("stream open").expect("stream chunk");
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                let text = String::from_utf8(event).expect("utf-8 event");
+                if text.starts_with(':') {
+                    continue;
+                }
+                let id: i64 = text.lines().find_map(|l| l.strip_prefix("id: ")).expect("event id").parse().expect("numeric id");
+                let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                let w: Value = serde_json::from_str(&data).expect("swarm json");
+                assert_eq!(w["window_start"].as_i64(), Some(id), "the SSE id is the window_start");
+                out.push(w);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("windows arrive");
+    out.truncate(n);
+    out
+}
+
+/// Opens a WebSocket, reads `n` windows and closes it.
+pub async fn ws_take(url: &str, n: usize) -> Vec<Value> {
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+    let mut out = Vec::new();
+    let read = async {
+        while out.len() < n {
+            match ws.next().await.expect("ws open").expect("ws message") {
+                Message::Text(t) => out.push(serde_json::from_str(&t).expect("swarm json")),
+                Message::Close(c) => panic!("closed early: {c:?}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("windows arrive");
+    let _ = ws.close(None).await;
+    out
+}
