@@ -1,1 +1,601 @@
-//! Apache Kafka implementation of the log (issue: distributed mode). Not yet written.
+//! Apache Kafka implementation of the log, through rdkafka (bundled librdkafka).
+//!
+//! - [`Log::append`] is an idempotent producer with `acks=all`: it returns once every record is
+//!   acknowledged by the in-sync replicas, so ingest's 200 in `--ack durable` means "in Kafka".
+//! - A grouped [`Consumer`] reads `read_committed` and owns a transactional producer. Its
+//!   [`Consumer::commit`] is one transaction: the outputs, the consumer offsets and each partition's
+//!   checkpoint (carried in the offset-commit metadata), all or nothing. The group generation goes
+//!   with the offsets (KIP-447), so a zombie that lost its partitions in a rebalance is fenced.
+//! - Rebalances are eager: every partition is revoked, then the new assignment is handed out with
+//!   the committed offsets and checkpoints, read in the rebalance callback before fetching starts.
+//! - When the broker aborts a commit that can be retried (a rebalance underway, a coordinator
+//!   moving), the consumer rewinds to the committed positions and reports it as `Revoked` then
+//!   `Assigned`, which every stage already handles: the aborted outputs are never visible.
+//!
+//! librdkafka's calls block, so each runs on tokio's blocking pool.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Assignment, Consumer, ConsumerConfig, Log, LogError, Output, Polled, Position, Record, StartAt};
+
+/// How a process reaches Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]`.
+    pub brokers: String,
+    /// Prefix of every topic, group and transactional id (`""`: none), so that several pipelines
+    /// (or tests) share one cluster.
+    pub namespace: String,
+    /// Replication factor of topics this process creates.
+    pub replication: i16,
+    /// How long to wait for the broker at start before giving up with a clear error.
+    pub connect_timeout: Duration,
+    /// Producer linger for [`Log::append`] (how long librdkafka waits to fill a batch).
+    pub linger: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            namespace: String::new(),
+            replication: 1,
+            connect_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// How long a blocking metadata or transaction call may take before it counts as a failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records handed out by one poll at most.
+const MAX_POLL_RECORDS: usize = 5_000;
+
+static CONSUMER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The Kafka log. Cheap to share behind an `Arc`.
+pub struct KafkaLog {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog").field("brokers", &self.config.brokers).field("namespace", &self.config.namespace).finish()
+    }
+}
+
+fn unreachable(config: &KafkaConfig, e: impl std::fmt::Display) -> LogError {
+    LogError::Unreachable { addr: config.brokers.clone(), why: e.to_string() }
+}
+
+fn other(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Other(format!("kafka: {what}: {e}"))
+}
+
+fn base_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("emostream-{}", std::process::id()))
+        // Say so quickly when the broker goes away; librdkafka keeps retrying underneath.
+        .set("socket.connection.setup.timeout.ms", "5000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+impl KafkaLog {
+    /// Connects and checks that the broker answers within `connect_timeout`.
+    ///
+    /// # Errors
+    /// [`LogError::Unreachable`] when no broker answers; [`LogError::Other`] for a bad configuration.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, LogError> {
+        let mut pc = base_client_config(&config);
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("message.timeout.ms", "120000")
+            .set("compression.type", "lz4");
+        let producer: FutureProducer = pc.create().map_err(|e| other("creating the producer", e))?;
+        let admin: AdminClient<DefaultClientContext> =
+            base_client_config(&config).create().map_err(|e| other("creating the admin client", e))?;
+        let log = Self { config, producer, admin };
+        let timeout = log.config.connect_timeout;
+        let client = log.producer.clone();
+        let cfg = log.config.clone();
+        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .map_err(|e| other("metadata", e))?
+            .map_err(|e| unreachable(&cfg, format!("no answer within {timeout:?} ({e})")))?;
+        Ok(log)
+    }
+
+    /// The broker-side name of a topic, group or transactional id.
+    pub fn name(&self, base: &str) -> String {
+        namespaced(&self.config.namespace, base)
+    }
+
+    async fn topic_partitions(&self, topic: &str, timeout: Duration) -> Result<Option<u32>, LogError> {
+        let client = self.producer.clone();
+        let name = self.name(topic);
+        let cfg = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = client.client().fetch_metadata(Some(&name), timeout).map_err(|e| unreachable(&cfg, e))?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == name) else { return Ok(None) };
+            match t.error() {
+                None if !t.partitions().is_empty() => Ok(Some(t.partitions().len() as u32)),
+                _ => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| other("metadata", e))?
+    }
+}
+
+fn namespaced(namespace: &str, base: &str) -> String {
+    if namespace.is_empty() { base.to_owned() } else { format!("{namespace}.{base}") }
+}
+
+#[async_trait]
+impl Log for KafkaLog {
+    async fn ensure_topic(&self, topic: &str, partitions: u32, compacted: bool) -> Result<u32, LogError> {
+        if let Some(n) = self.topic_partitions(topic, CALL_TIMEOUT).await? {
+            return Ok(n);
+        }
+        let name = self.name(topic);
+        let mut new = NewTopic::new(&name, partitions as i32, TopicReplication::Fixed(i32::from(self.config.replication)));
+        if compacted {
+            new = new.set("cleanup.policy", "compact").set("segment.ms", "60000").set("min.cleanable.dirty.ratio", "0.1");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
+        let results = self.admin.create_topics([&new], &opts).await.map_err(|e| unreachable(&self.config, e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => return Err(other(&format!("creating topic `{t}`"), code)),
+            }
+        }
+        tracing::info!(topic = %name, partitions, compacted, "created topic");
+        // Metadata catches up with the creation shortly after.
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            if let Some(n) = self.topic_partitions(topic, CALL_TIMEOUT).await? {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                return Err(other(&format!("topic `{name}`"), "created but not visible in metadata after 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, LogError> {
+        self.topic_partitions(topic, CALL_TIMEOUT).await?.ok_or_else(|| LogError::NoSuchTopic(self.name(topic)))
+    }
+
+    async fn append(&self, outputs: Vec<Output>) -> Result<(), LogError> {
+        let names: Vec<String> = outputs.iter().map(|o| self.name(&o.topic)).collect();
+        let mut pending = Vec::with_capacity(outputs.len());
+        for (o, topic) in outputs.iter().zip(&names) {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&o.payload[..]);
+            if let Some(k) = &o.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = o.partition {
+                rec = rec.partition(p as i32);
+            }
+            // Enqueue without waiting for room; a full local queue is an error the caller sees.
+            match self.producer.send_result(rec) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => return Err(append_error(&self.config, &e)),
+            }
+        }
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(append_error(&self.config, &e)),
+                Err(_) => return Err(LogError::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
+        let topic = self.name(&config.topic);
+        if self.topic_partitions(&config.topic, CALL_TIMEOUT).await?.is_none() {
+            return Err(LogError::NoSuchTopic(topic));
+        }
+        let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let log_config = self.config.clone();
+        let ns = self.config.namespace.clone();
+        let consumer = tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, config, seq))
+            .await
+            .map_err(|e| other("creating a consumer", e))??;
+        Ok(Box::new(consumer))
+    }
+
+    fn describe(&self) -> String {
+        if self.config.namespace.is_empty() {
+            format!("kafka at {}", self.config.brokers)
+        } else {
+            format!("kafka at {} (namespace `{}`)", self.config.brokers, self.config.namespace)
+        }
+    }
+}
+
+fn append_error(config: &KafkaConfig, e: &KafkaError) -> LogError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => LogError::Other("kafka: the producer's local queue is full".into()),
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+            unreachable(config, e)
+        }
+        _ => other("append", e),
+    }
+}
+
+/// What the rebalance callback leaves for [`Consumer::poll`].
+#[derive(Default)]
+struct Events {
+    queue: VecDeque<Result<Polled, LogError>>,
+}
+
+struct Ctx {
+    topic: String,
+    start: StartAt,
+    events: Mutex<Events>,
+}
+
+impl ClientContext for Ctx {}
+
+impl Ctx {
+    fn push(&self, e: Result<Polled, LogError>) {
+        self.events.lock().expect("kafka events lock poisoned").queue.push_back(e);
+    }
+
+    fn pop(&self) -> Option<Result<Polled, LogError>> {
+        self.events.lock().expect("kafka events lock poisoned").queue.pop_front()
+    }
+
+    fn pending(&self) -> bool {
+        !self.events.lock().expect("kafka events lock poisoned").queue.is_empty()
+    }
+
+    /// Where each partition starts: its committed offset and checkpoint, or the configured start.
+    fn resolve(&self, consumer: &BaseConsumer<Self>, partitions: &[u32], grouped: bool) -> Result<Vec<Assignment>, LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topic, p as i32);
+        }
+        let committed = if grouped {
+            Some(consumer.committed_offsets(tpl, CALL_TIMEOUT).map_err(|e| other("reading committed offsets", e))?)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let found = committed.as_ref().and_then(|c| c.find_partition(&self.topic, p as i32)).and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => {
+                    let meta = e.metadata();
+                    Some((o as u64, (!meta.is_empty()).then(|| meta.to_owned())))
+                }
+                _ => None,
+            });
+            let (offset, checkpoint) = match found {
+                Some(f) => f,
+                None => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT)
+                        .map_err(|e| other("reading partition bounds", e))?;
+                    let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+                    let o = match self.start {
+                        StartAt::Earliest => low,
+                        StartAt::Latest => high,
+                        // Transaction markers take offsets too: reach back twice as far.
+                        StartAt::Tail(n) => high.saturating_sub(n.saturating_mul(2)).max(low),
+                    };
+                    (o, None)
+                }
+            };
+            out.push(Assignment { partition: p, offset, checkpoint });
+        }
+        Ok(out)
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &[u32], grouped: bool) -> Result<Vec<Assignment>, LogError> {
+        let assigned = self.resolve(consumer, partitions, grouped)?;
+        let mut tpl = TopicPartitionList::new();
+        for a in &assigned {
+            tpl.add_partition_offset(&self.topic, a.partition as i32, Offset::Offset(a.offset as i64))
+                .map_err(|e| other("building an assignment", e))?;
+        }
+        consumer.assign(&tpl).map_err(|e| other("assigning partitions", e))?;
+        Ok(assigned)
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<u32> = tpl.elements().iter().map(|e| e.partition() as u32).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match self.assign(consumer, &partitions, true) {
+                Ok(a) => self.push(Ok(Polled::Assigned(a))),
+                Err(e) => {
+                    let _ = consumer.unassign();
+                    self.push(Err(e));
+                }
+            },
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let _ = consumer.unassign();
+                self.push(Ok(Polled::Revoked(partitions)));
+            }
+            other_err => {
+                tracing::warn!(error = ?other_err, "kafka rebalance error; giving up the assignment");
+                let _ = consumer.unassign();
+                self.push(Ok(Polled::Revoked(partitions)));
+            }
+        }
+    }
+}
+
+struct Inner {
+    consumer: BaseConsumer<Ctx>,
+    /// Transactional producer bound to this consumer (grouped consumers only).
+    producer: Option<BaseProducer>,
+    grouped: bool,
+    /// Records read in the poll that also brought a rebalance: handed out after its events.
+    stashed: Mutex<Vec<Record>>,
+    namespace: String,
+}
+
+/// A Kafka consumer with its transactional producer.
+pub struct KafkaConsumer {
+    inner: Option<Arc<Inner>>,
+}
+
+impl KafkaConsumer {
+    fn create(log: &KafkaConfig, ns: &str, topic: String, config: ConsumerConfig, seq: u64) -> Result<Self, LogError> {
+        let pid = std::process::id();
+        let grouped = config.group.is_some();
+        let group = match &config.group {
+            Some(g) => namespaced(ns, g),
+            // An ungrouped reader never commits; librdkafka still wants a group id.
+            None => namespaced(ns, &format!("emostream-reader-{pid}-{seq}")),
+        };
+        let mut cc = base_client_config(log);
+        cc.set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "roundrobin")
+            // A dead member's partitions move on within seconds.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1500")
+            .set("max.poll.interval.ms", "60000")
+            .set("fetch.wait.max.ms", "50")
+            .set("auto.offset.reset", "earliest");
+        let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default() };
+        let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
+        let producer = if grouped {
+            let txid = namespaced(ns, &config.transactional_id.clone().unwrap_or_else(|| format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader"))));
+            let mut pc = base_client_config(log);
+            pc.set("transactional.id", &txid)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "1")
+                // An open transaction of a killed process blocks read_committed readers until it times out.
+                .set("transaction.timeout.ms", "10000");
+            let p: BaseProducer = pc.create().map_err(|e| other("creating a transactional producer", e))?;
+            p.init_transactions(CALL_TIMEOUT).map_err(|e| tx_error(&e, &txid))?;
+            Some(p)
+        } else {
+            None
+        };
+        if grouped {
+            consumer.subscribe(&[&topic]).map_err(|e| other(&format!("subscribing to `{topic}`"), e))?;
+        } else {
+            let md = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT).map_err(|e| unreachable(log, e))?;
+            let n = md.topics().first().map_or(0, |t| t.partitions().len() as u32);
+            let partitions: Vec<u32> = (0..n).collect();
+            let assigned = consumer.context().assign(&consumer, &partitions, false)?;
+            consumer.context().push(Ok(Polled::Assigned(assigned)));
+        }
+        Ok(Self { inner: Some(Arc::new(Inner { consumer, producer, grouped, stashed: Mutex::default(), namespace: ns.to_owned() })) })
+    }
+
+    fn inner(&self) -> Arc<Inner> {
+        self.inner.clone().expect("consumer used after drop")
+    }
+}
+
+fn tx_error(e: &KafkaError, what: &str) -> LogError {
+    if let KafkaError::Transaction(t) = e {
+        let fenced_code = matches!(
+            t.code(),
+            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+        );
+        if fenced_code || t.is_fatal() {
+            return LogError::Fenced(format!("{what}: {t}"));
+        }
+    }
+    other(what, e)
+}
+
+impl Inner {
+    fn poll(&self, max_wait: Duration) -> Result<Polled, LogError> {
+        let ctx = self.consumer.context();
+        if let Some(e) = ctx.pop() {
+            return e;
+        }
+        {
+            let mut stashed = self.stashed.lock().expect("stash lock poisoned");
+            if !stashed.is_empty() {
+                return Ok(Polled::Records(std::mem::take(&mut *stashed)));
+            }
+        }
+        let deadline = Instant::now() + max_wait;
+        let mut records = Vec::new();
+        loop {
+            let wait = if records.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let Some(polled) = self.consumer.poll(wait) else { break };
+            match polled {
+                Ok(m) => {
+                    let r = Record {
+                        partition: m.partition() as u32,
+                        offset: m.offset() as u64,
+                        key: m.key().map(Bytes::copy_from_slice),
+                        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                    };
+                    if ctx.pending() {
+                        // This record came after a rebalance in the same poll: events first.
+                        self.stashed.lock().expect("stash lock poisoned").push(r);
+                        break;
+                    }
+                    records.push(r);
+                    if records.len() >= MAX_POLL_RECORDS {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+                        return Err(other("consumer", e));
+                    }
+                    tracing::warn!(error = %e, "kafka consumer: transient error, retrying");
+                    if records.is_empty() && !ctx.pending() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
+                        continue;
+                    }
+                    break;
+                }
+            }
+            if ctx.pending() {
+                break;
+            }
+        }
+        if !records.is_empty() {
+            return Ok(Polled::Records(records));
+        }
+        if let Some(e) = ctx.pop() {
+            return e;
+        }
+        let mut stashed = self.stashed.lock().expect("stash lock poisoned");
+        if !stashed.is_empty() {
+            return Ok(Polled::Records(std::mem::take(&mut *stashed)));
+        }
+        Ok(Polled::Idle)
+    }
+
+    fn commit(&self, outputs: &[Output], positions: &[Position]) -> Result<(), LogError> {
+        let Some(producer) = &self.producer else {
+            return Err(LogError::Other("kafka: commit needs a consumer group (this reader has none)".into()));
+        };
+        let ctx = self.consumer.context();
+        let cgm = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| LogError::Other("kafka: this consumer has no group metadata to commit with".into()))?;
+        let attempt = || -> Result<(), KafkaError> {
+            producer.begin_transaction()?;
+            for o in outputs {
+                let topic = namespaced(&self.namespace, &o.topic);
+                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).payload(&o.payload[..]);
+                if let Some(k) = &o.key {
+                    rec = rec.key(&k[..]);
+                }
+                if let Some(p) = o.partition {
+                    rec = rec.partition(p as i32);
+                }
+                let mut rec = rec;
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            producer.poll(Duration::from_millis(10));
+                            rec = back;
+                        }
+                        Err((e, _)) => return Err(e),
+                    }
+                }
+            }
+            if !positions.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for p in positions {
+                    tpl.add_partition_offset(&ctx.topic, p.partition as i32, Offset::Offset(p.offset as i64))?;
+                    if let Some(c) = &p.checkpoint {
+                        if let Some(mut e) = tpl.find_partition(&ctx.topic, p.partition as i32) {
+                            e.set_metadata(c);
+                        }
+                    }
+                }
+                producer.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT)?;
+            }
+            producer.commit_transaction(CALL_TIMEOUT)?;
+            Ok(())
+        };
+        match attempt() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+                if fatal {
+                    return Err(tx_error(&e, "committing a transaction"));
+                }
+                tracing::warn!(error = %e, abortable, "kafka: commit aborted; rewinding to the committed positions");
+                if let Err(a) = producer.abort_transaction(CALL_TIMEOUT) {
+                    return Err(tx_error(&a, "aborting a transaction"));
+                }
+                self.rewind()
+            }
+        }
+    }
+
+    /// After an aborted commit: back to the committed positions, reported as a rebalance.
+    fn rewind(&self) -> Result<(), LogError> {
+        let ctx = self.consumer.context();
+        let assignment = self.consumer.assignment().map_err(|e| other("reading the assignment", e))?;
+        let partitions: Vec<u32> = assignment.elements().iter().map(|e| e.partition() as u32).collect();
+        self.stashed.lock().expect("stash lock poisoned").clear();
+        let assigned = ctx.assign(&self.consumer, &partitions, self.grouped)?;
+        ctx.push(Ok(Polled::Revoked(partitions)));
+        ctx.push(Ok(Polled::Assigned(assigned)));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max_wait: Duration) -> Result<Polled, LogError> {
+        let inner = self.inner();
+        tokio::task::spawn_blocking(move || inner.poll(max_wait)).await.map_err(|e| other("poll", e))?
+    }
+
+    async fn commit(&mut self, outputs: Vec<Output>, positions: Vec<Position>) -> Result<(), LogError> {
+        let inner = self.inner();
+        tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // Leaving the group blocks until the broker agrees; do it off the async threads.
+        if let Some(inner) = self.inner.take() {
+            let _ = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(inner));
+        }
+    }
+}

@@ -189,6 +189,10 @@ pub trait Consumer: Send {
 
     /// Writes `outputs` and commits `positions` for this consumer's group, all or nothing.
     ///
+    /// When the log aborts a commit it can retry (Kafka: a rebalance underway), nothing of it is
+    /// visible and the consumer rewinds to its committed positions: the next polls bring `Revoked`
+    /// and `Assigned` for its partitions, exactly as a rebalance would.
+    ///
     /// # Errors
     /// When the commit fails; then none of it happened ([`LogError::Fenced`]: stop, another instance
     /// owns this work now).
