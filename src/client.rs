@@ -1,5 +1,10 @@
 //! `emostream client`: the original interactive client, done properly. It subscribes, sends emojis at
 //! a rate while it receives, prints each window as a line of emojis, and unsubscribes on exit.
+//!
+//! It connects where the subscribe answer says (`stream_url` / `ws_url`: in distributed mode, the
+//! subscriber process that holds it). When the stream drops it reconnects with backoff, resuming after
+//! the last window it printed (`Last-Event-ID`, or `?after=` over WebSocket), so a subscriber restart
+//! costs it no window and repeats none.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -145,16 +150,11 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let emojis: Vec<String> =
         a.emojis.as_deref().unwrap_or("").split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     let sender = tokio::spawn(send_loop(http.clone(), a.ingest.clone(), client_id.clone(), a.rate.unwrap_or(0.0), emojis, stop.clone()));
-    let receiver = match a.transport {
-        Transport::Sse => {
-            let url = sub.stream_url.unwrap_or_else(|| format!("{}{}", a.api, sub.stream_path));
-            tokio::spawn(sse_loop(http.clone(), url, stop.clone()))
-        }
-        Transport::Ws => {
-            let url = sub.ws_url.unwrap_or_else(|| format!("{}{}", a.api.replacen("http", "ws", 1), sub.ws_path));
-            tokio::spawn(ws_loop(url, stop.clone()))
-        }
+    let url = match a.transport {
+        Transport::Sse => sub.stream_url.unwrap_or_else(|| format!("{}{}", a.api, sub.stream_path)),
+        Transport::Ws => sub.ws_url.unwrap_or_else(|| format!("{}{}", a.api.replacen("http", "ws", 1), sub.ws_path)),
     };
+    let receiver = tokio::spawn(receive(http.clone(), a.transport, url, stop.clone(), |m| println!("{}", render(&m))));
     let until = async {
         match a.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -207,74 +207,212 @@ async fn send_loop(http: reqwest::Client, ingest: String, client_id: String, rat
     }
 }
 
-async fn sse_loop(http: reqwest::Client, url: String, stop: CancellationToken) -> u64 {
+/// How one connection of a stream ended.
+#[derive(Debug)]
+enum Ended {
+    /// The client is stopping.
+    Stopped,
+    /// Not subscribed any more (404): nothing to reconnect to.
+    Gone(String),
+    /// The registry placed the client elsewhere (409 with the URL to use).
+    Moved(String),
+    /// Connection refused, closed or broken: reconnect after a backoff.
+    Dropped(String),
+}
+
+/// First wait before reconnecting a dropped stream; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Receives a client's windows from its stream URL until `stop` (or until it is no longer subscribed),
+/// calling `on_window` for each. When the stream drops it reconnects with backoff and resumes after
+/// the last window received, so no window is missed or repeated while the subscriber still holds it;
+/// a 409 from a subscriber that does not hold the client is followed to the URL it gives.
+/// Returns how many windows it received.
+pub async fn receive(
+    http: reqwest::Client,
+    transport: Transport,
+    mut url: String,
+    stop: CancellationToken,
+    mut on_window: impl FnMut(SwarmMessage) + Send,
+) -> u64 {
     let mut windows = 0;
-    let resp = match http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            eprintln!("stream refused ({}): {}", r.status(), r.text().await.unwrap_or_default());
-            stop.cancel();
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("cannot open the stream {url}: {e}");
-            stop.cancel();
-            return 0;
-        }
-    };
-    let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
+    let mut last: Option<i64> = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut moves = 0;
     loop {
-        let chunk = tokio::select! {
-            c = body.next() => c,
-            () = stop.cancelled() => return windows,
+        let before = windows;
+        let ended = match transport {
+            Transport::Sse => sse_once(&http, &url, &mut last, &mut windows, &stop, &mut on_window).await,
+            Transport::Ws => ws_once(&url, &mut last, &mut windows, &stop, &mut on_window).await,
         };
-        let Some(Ok(chunk)) = chunk else {
-            println!("stream ended by the server");
-            stop.cancel();
-            return windows;
-        };
-        buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-            if let Ok(m) = serde_json::from_str::<SwarmMessage>(&data) {
-                windows += 1;
-                println!("{}", render(&m));
+        if windows > before {
+            backoff = FIRST_BACKOFF;
+            moves = 0;
+        }
+        match ended {
+            Ended::Stopped => return windows,
+            Ended::Gone(why) => {
+                println!("stream ended: {why}");
+                stop.cancel();
+                return windows;
+            }
+            Ended::Moved(to) if moves < 3 => {
+                moves += 1;
+                println!("moved: reconnecting to {to}");
+                url = to;
+            }
+            Ended::Moved(to) => return give_up(&format!("sent to {to} again and again"), &stop, windows),
+            Ended::Dropped(why) => {
+                eprintln!("stream dropped ({why}); reconnecting in {backoff:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return windows,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 }
 
-async fn ws_loop(url: String, stop: CancellationToken) -> u64 {
-    use tokio_tungstenite::tungstenite::Message;
-    let mut windows = 0;
-    let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("cannot open the WebSocket {url}: {e}");
-            stop.cancel();
-            return 0;
+fn give_up(why: &str, stop: &CancellationToken, windows: u64) -> u64 {
+    eprintln!("giving up on the stream: {why}");
+    stop.cancel();
+    windows
+}
+
+/// What a refused stream request means for the client.
+async fn refused(resp: reqwest::Response, ws: bool) -> Ended {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let error = body["error"].as_str().unwrap_or_default().to_string();
+    match status.as_u16() {
+        404 => Ended::Gone(error),
+        409 => match body[if ws { "ws_url" } else { "stream_url" }].as_str() {
+            Some(url) => Ended::Moved(url.to_string()),
+            None => Ended::Dropped(format!("{status}: {error}")),
+        },
+        _ => Ended::Dropped(format!("{status}: {error}")),
+    }
+}
+
+/// Splits a Server-Sent Events body into events, remembering the last `id:`.
+#[derive(Debug, Default)]
+struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    /// Adds bytes; returns the complete events in them as (id, data).
+    fn push(&mut self, chunk: &[u8]) -> Vec<(Option<String>, String)> {
+        self.buf.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let id = text.lines().find_map(|l| l.strip_prefix("id:")).map(|v| v.trim().to_string());
+            let data: String = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+            if !data.is_empty() {
+                events.push((id, data));
+            }
         }
+        events
+    }
+}
+
+async fn sse_once(
+    http: &reqwest::Client,
+    url: &str,
+    last: &mut Option<i64>,
+    windows: &mut u64,
+    stop: &CancellationToken,
+    on_window: &mut (dyn FnMut(SwarmMessage) + Send),
+) -> Ended {
+    let mut req = http.get(url);
+    if let Some(id) = last {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let resp = tokio::select! {
+        r = req.send() => r,
+        () = stop.cancelled() => return Ended::Stopped,
+    };
+    let resp = match resp {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => return refused(r, false).await,
+        Err(e) => return Ended::Dropped(format!("cannot open {url}: {e}")),
+    };
+    let mut body = resp.bytes_stream();
+    let mut parser = SseParser::default();
+    loop {
+        let chunk = tokio::select! {
+            c = body.next() => c,
+            () = stop.cancelled() => return Ended::Stopped,
+        };
+        let chunk = match chunk {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Ended::Dropped(e.to_string()),
+            None => return Ended::Dropped("closed by the server".into()),
+        };
+        for (id, data) in parser.push(&chunk) {
+            if let Ok(m) = serde_json::from_str::<SwarmMessage>(&data) {
+                *windows += 1;
+                *last = id.and_then(|i| i.parse().ok()).or(Some(m.window_start));
+                on_window(m);
+            }
+        }
+    }
+}
+
+async fn ws_once(
+    url: &str,
+    last: &mut Option<i64>,
+    windows: &mut u64,
+    stop: &CancellationToken,
+    on_window: &mut (dyn FnMut(SwarmMessage) + Send),
+) -> Ended {
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let target = match last {
+        Some(w) => format!("{url}{}after={w}", if url.contains('?') { '&' } else { '?' }),
+        None => url.to_string(),
+    };
+    let connected = tokio::select! {
+        c = tokio_tungstenite::connect_async(&target) => c,
+        () = stop.cancelled() => return Ended::Stopped,
+    };
+    let mut ws = match connected {
+        Ok((ws, _)) => ws,
+        Err(Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+            let error = body["error"].as_str().unwrap_or_default().to_string();
+            return match (status, body["ws_url"].as_str()) {
+                (404, _) => Ended::Gone(error),
+                (409, Some(to)) => Ended::Moved(to.to_string()),
+                _ => Ended::Dropped(format!("{status}: {error}")),
+            };
+        }
+        Err(e) => return Ended::Dropped(format!("cannot open {url}: {e}")),
     };
     loop {
         let msg = tokio::select! {
             m = ws.next() => m,
-            () = stop.cancelled() => { let _ = ws.close(None).await; return windows; }
+            () = stop.cancelled() => { let _ = ws.close(None).await; return Ended::Stopped; }
         };
         match msg {
             Some(Ok(Message::Text(t))) => {
                 if let Ok(m) = serde_json::from_str::<SwarmMessage>(&t) {
-                    windows += 1;
-                    println!("{}", render(&m));
+                    *windows += 1;
+                    *last = Some(m.window_start);
+                    on_window(m);
                 }
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                println!("stream ended by the server");
-                stop.cancel();
-                return windows;
+            Some(Ok(Message::Close(frame))) => {
+                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                // The server closes with "unsubscribed" when the client left or moved: ask where it is.
+                return Ended::Dropped(if reason.is_empty() { "closed by the server".into() } else { reason });
             }
+            None => return Ended::Dropped("closed by the server".into()),
+            Some(Err(e)) => return Ended::Dropped(e.to_string()),
             Some(Ok(_)) => {}
         }
     }
@@ -284,6 +422,14 @@ async fn ws_loop(url: String, stop: CancellationToken) -> u64 {
 mod tests {
     use super::*;
     use crate::core::scale::ScaleRule;
+
+    #[test]
+    fn sse_events_are_split_with_their_ids_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"event: swarm\nid: 2000\ndata: {\"a\"").is_empty());
+        let got = p.push(b":1}\n\n: keepalive\n\nevent: swarm\nid: 4000\ndata: {}\n\n");
+        assert_eq!(got, vec![(Some("2000".into()), "{\"a\":1}".into()), (Some("4000".into()), "{}".into())]);
+    }
 
     #[test]
     fn renders_the_swarm_as_a_line() {

@@ -20,8 +20,10 @@ use emostream::http::ingest::IngestLimits;
 use emostream::log::Log;
 use emostream::log::memory::MemoryLog;
 use emostream::stages::ingest::{AckMode, IngestConfig};
+use emostream::client::Transport;
 use emostream::stages::{aggregate, publish};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const WINDOW_MS: i64 = 200;
 const PARTITIONS: u32 = 2;
@@ -202,8 +204,32 @@ async fn clients_resume_without_a_gap_across_a_subscriber_restart() {
     let v = subscribe(&api, json!({"client_id": "r", "subscription_key": "11"})).await;
     let stream_url = v["stream_url"].as_str().unwrap().to_string();
 
+    // `emostream client`'s receiver, over both transports, follows the same stream throughout.
+    let w = subscribe(&api, json!({"client_id": "w", "subscription_key": "11"})).await;
+    let stop = CancellationToken::new();
+    let mut followers = Vec::new();
+    for (transport, url) in [(Transport::Sse, stream_url.clone()), (Transport::Ws, w["ws_url"].as_str().unwrap().to_string())] {
+        let (tx, rx) = tokio::sync::watch::channel(0usize);
+        let stop = stop.clone();
+        followers.push((
+            rx,
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                emostream::client::receive(reqwest::Client::new(), transport, url, stop, |m| {
+                    got.push(serde_json::to_value(&m).unwrap());
+                    tx.send_replace(got.len());
+                })
+                .await;
+                got
+            }),
+        ));
+    }
+
     let before = sse_take(&stream_url, None, 3).await;
     let last = before[2]["window_start"].as_i64().unwrap();
+    for (rx, _) in &mut followers {
+        wait_for(rx, 3).await;
+    }
 
     // The subscriber goes away for a few windows and comes back at the same address.
     sub.stop().await.unwrap();
@@ -212,6 +238,20 @@ async fn clients_resume_without_a_gap_across_a_subscriber_restart() {
     let after = sse_take(&stream_url, Some(last), 6).await;
     assert_eq!(after[0]["window_start"].as_i64().unwrap(), last + WINDOW_MS, "no gap, no repeat: {after:?}");
     assert_consecutive(&after, WINDOW_MS, "after the restart");
+
+    // The client receivers reconnected by themselves and missed nothing.
+    let until = after[5]["window_start"].as_i64().unwrap();
+    for (rx, h) in followers.iter_mut() {
+        let n = *rx.borrow();
+        wait_for(rx, n + 4).await;
+        assert!(!h.is_finished());
+    }
+    stop.cancel();
+    for ((_, h), name) in followers.into_iter().zip(["client over SSE", "client over WebSocket"]) {
+        let got = h.await.unwrap();
+        assert_consecutive(&got, WINDOW_MS, name);
+        assert!(got.last().unwrap()["window_start"].as_i64().unwrap() >= until, "{name} kept receiving after the restart");
+    }
 
     sub.stop().await.unwrap();
     registry.stop().await.unwrap();
