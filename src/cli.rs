@@ -31,12 +31,63 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole pipeline in this process (ingest, aggregate, publish, clusters, subscribers, API).
+    /// Run the whole pipeline in this process (ingest, aggregate, publish, clusters, subscribers, API),
+    /// over an in-process log or, with --kafka, over Apache Kafka.
     Up(UpArgs),
+    /// Distributed: the ingest API (POST /emoji, POST /emojis), appending to Kafka's emoji_topic.
+    Ingest(IngestArgs),
+    /// Distributed: count emoji_topic into windows; run several, each owns some of its partitions.
+    Aggregate(AggregateArgs),
+    /// Distributed: the main publisher, merging every partition's partials into one swarm per window.
+    Publish(PublishArgs),
+    /// Distributed: cluster publisher N, forwarding main_topic to clusterN.
+    Cluster(ClusterArgs),
+    /// Distributed: subscriber M of cluster N, serving its clients' SSE and WebSocket streams.
+    Subscriber(SubscriberArgs),
+    /// Distributed: the subscription API (POST /subscribe, /unsubscribe, GET /subscriptions).
+    Registry(RegistryArgs),
     /// Watch the swarm and send emojis: the original interactive client.
     Client(crate::client::ClientArgs),
     /// Simulate an audience against a running pipeline: verify every window and count, measure latency.
     Load(crate::load::LoadArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Ingest(_) => "ingest",
+            Command::Aggregate(_) => "aggregate",
+            Command::Publish(_) => "publish",
+            Command::Cluster(_) => "cluster",
+            Command::Subscriber(_) => "subscriber",
+            Command::Registry(_) => "registry",
+            Command::Client(_) => "client",
+            Command::Load(_) => "load",
+        }
+    }
+
+    /// Flags a distributed stage cannot run without. They are optional to clap so that `--config`
+    /// can give them too; checked once every source has been read.
+    fn missing(&self) -> Option<(&'static str, &'static str)> {
+        const KAFKA: (&str, &str) = ("--kafka", "HOST:PORT[,HOST:PORT] (or EMOSTREAM_KAFKA): the distributed stages run over Apache Kafka; for a local broker try `scripts/kafka start`");
+        let kafka = |k: &KafkaArgs| k.kafka.is_none().then_some(KAFKA);
+        match self {
+            Command::Ingest(a) => kafka(&a.kafka),
+            Command::Aggregate(a) => kafka(&a.kafka),
+            Command::Publish(a) => kafka(&a.kafka),
+            Command::Cluster(a) => a.id.is_none().then_some(("--id", "N (or EMOSTREAM_ID): which cluster this publisher forwards to")).or_else(|| kafka(&a.kafka)),
+            Command::Subscriber(a) => a
+                .cluster
+                .is_none()
+                .then_some(("--cluster", "N (or EMOSTREAM_CLUSTER): the cluster whose topic this subscriber follows"))
+                .or_else(|| a.id.is_none().then_some(("--id", "M (or EMOSTREAM_ID): this subscriber's id within its cluster")))
+                .or_else(|| kafka(&a.kafka)),
+            Command::Registry(a) => kafka(&a.kafka),
+            Command::Up(_) | Command::Client(_) | Command::Load(_) => None,
+        }
+    }
 }
 
 /// Parses a duration such as `500ms`, `2s` or `1m`.
@@ -84,37 +135,58 @@ fn parse_window(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Flags of `emostream up`.
+fn parse_brokers(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a list of Kafka brokers (write host:port, or host:port,host:port)");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    for b in s.split(',') {
+        let (host, port) = b.trim().rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+    }
+    Ok(s.to_string())
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    if (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} must be an http:// or https:// URL, e.g. http://10.0.0.7:5101"))
+    }
+}
+
+/// Where a stage finds Apache Kafka.
 #[derive(Debug, Clone, Args)]
-pub struct UpArgs {
+pub struct KafkaArgs {
+    /// Apache Kafka bootstrap brokers, host:port[,host:port]. Required by the distributed stages;
+    /// with `up`, runs the whole pipeline over Kafka instead of in memory.
+    #[arg(long, env = "EMOSTREAM_KAFKA", value_name = "HOST:PORT[,HOST:PORT]", value_parser = parse_brokers)]
+    pub kafka: Option<String>,
+
+    /// Prefix of every topic, consumer group and transactional id, so several pipelines can share
+    /// one Kafka ("" = none).
+    #[arg(long, env = "EMOSTREAM_NAMESPACE", default_value = "")]
+    pub namespace: String,
+
+    /// Replication factor of the topics this process creates.
+    #[arg(long, env = "EMOSTREAM_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
+    pub replication: i16,
+
+    /// How long to wait for Kafka at start before giving up with an error.
+    #[arg(long, env = "EMOSTREAM_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// Flags of the ingest API and its batching.
+#[derive(Debug, Clone, Args)]
+pub struct IngestFlags {
     /// Address of the ingest API (POST /emoji, POST /emojis).
     #[arg(long, env = "EMOSTREAM_INGEST_ADDR", default_value = "127.0.0.1:5001")]
     pub ingest_addr: SocketAddr,
-
-    /// Address of the subscription and delivery API and the dashboard.
-    #[arg(long, env = "EMOSTREAM_API_ADDR", default_value = "127.0.0.1:5002")]
-    pub api_addr: SocketAddr,
-
-    /// Number of clusters (cluster publishers).
-    #[arg(long, env = "EMOSTREAM_CLUSTERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
-    pub clusters: u32,
-
-    /// Subscribers per cluster.
-    #[arg(long, env = "EMOSTREAM_SUBSCRIBERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
-    pub subscribers: u32,
-
-    /// Window length (e.g. 500ms, 1s, 2s); windows align to multiples of it since the epoch.
-    #[arg(long, env = "EMOSTREAM_WINDOW", default_value = "2s", value_parser = parse_window)]
-    pub window: Duration,
-
-    /// How long a window stays open after its end for events still on their way; later ones count in
-    /// the next window.
-    #[arg(long, env = "EMOSTREAM_GRACE", default_value = "250ms", value_parser = parse_duration)]
-    pub grace: Duration,
-
-    /// Scale rule: normalize:N (the original: factor = total/N), per:K (one per K sent) or top:N.
-    #[arg(long, env = "EMOSTREAM_SCALE", default_value = "normalize:4", value_parser = parse_scale)]
-    pub scale: ScaleRule,
 
     /// Accepted emojis, comma-separated (❤ and ❤️ are one emoji).
     #[arg(long, env = "EMOSTREAM_EMOJIS", default_value_t = EmojiSet::default(), value_parser = parse_emojis)]
@@ -143,14 +215,48 @@ pub struct UpArgs {
     /// Body limit of POST /emojis (e.g. 4MiB); a batch also holds at most 10 000 events.
     #[arg(long, env = "EMOSTREAM_MAX_BATCH_BODY", default_value = "4MiB", value_parser = parse_size)]
     pub max_batch_body: usize,
+}
 
-    /// Windows kept for GET /windows.
-    #[arg(long, env = "EMOSTREAM_HISTORY", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub history: u64,
+impl IngestFlags {
+    /// Batching settings for `partitions` partitions of `emoji_topic`.
+    pub fn ingest_config(&self, partitions: u32) -> crate::stages::ingest::IngestConfig {
+        crate::stages::ingest::IngestConfig { linger: self.linger, batch: self.batch, buffer: self.buffer, ack: self.ack, partitions }
+    }
 
-    /// Partitions of emoji_topic (aggregation parallelism).
-    #[arg(long, env = "EMOSTREAM_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub partitions: u32,
+    pub fn limits(&self) -> IngestLimits {
+        IngestLimits { max_body: self.max_body, max_batch_body: self.max_batch_body }
+    }
+}
+
+/// The window length, shared by aggregate and publish (they must agree).
+#[derive(Debug, Clone, Args)]
+pub struct WindowFlag {
+    /// Window length (e.g. 500ms, 1s, 2s); windows align to multiples of it since the epoch.
+    #[arg(long, env = "EMOSTREAM_WINDOW", default_value = "2s", value_parser = parse_window)]
+    pub window: Duration,
+}
+
+impl WindowFlag {
+    pub fn spec(&self) -> crate::core::window::WindowSpec {
+        crate::core::window::WindowSpec::new(i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// How late events may be.
+#[derive(Debug, Clone, Args)]
+pub struct GraceFlag {
+    /// How long a window stays open after its end for events still on their way; later ones count in
+    /// the next window.
+    #[arg(long, env = "EMOSTREAM_GRACE", default_value = "250ms", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+/// What the publisher puts in each swarm.
+#[derive(Debug, Clone, Args)]
+pub struct PublishFlags {
+    /// Scale rule: normalize:N (the original: factor = total/N), per:K (one per K sent) or top:N.
+    #[arg(long, env = "EMOSTREAM_SCALE", default_value = "normalize:4", value_parser = parse_scale)]
+    pub scale: ScaleRule,
 
     /// TOML file mapping emojis to emotions and valences, replacing the built-in map
     /// ([emojis] "😂" = { emotion = "laughter", valence = 0.9 }).
@@ -168,6 +274,208 @@ pub struct UpArgs {
     /// Weight of the newest window in each emotion's moving average (the trend), in (0, 1].
     #[arg(long, env = "EMOSTREAM_TREND_ALPHA", default_value_t = 0.3, value_parser = parse_alpha)]
     pub trend_alpha: f64,
+}
+
+impl PublishFlags {
+    /// The emotion map (`--emotions` or the built-in one).
+    ///
+    /// # Errors
+    /// When the `--emotions` file cannot be used.
+    pub fn emotion_map(&self) -> Result<EmotionMap, EmotionMapError> {
+        match &self.emotions {
+            Some(path) => EmotionMap::from_toml_file(path),
+            None => Ok(EmotionMap::default()),
+        }
+    }
+
+    pub fn trend(&self) -> TrendConfig {
+        TrendConfig { alpha: self.trend_alpha, surge_factor: self.surge_factor, surge_min: self.surge_min, ..TrendConfig::default() }
+    }
+
+    /// The publisher's configuration.
+    ///
+    /// # Errors
+    /// When the `--emotions` file cannot be used.
+    pub fn publish_config(&self, window: &WindowFlag) -> Result<crate::stages::publish::PublishConfig, EmotionMapError> {
+        Ok(crate::stages::publish::PublishConfig {
+            window: window.spec(),
+            scale: self.scale,
+            emotions: std::sync::Arc::new(self.emotion_map()?),
+            trend: self.trend(),
+            transactional_id: None,
+        })
+    }
+}
+
+/// The shape of the topology: clusters and subscribers per cluster.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyFlags {
+    /// Number of clusters (cluster publishers).
+    #[arg(long, env = "EMOSTREAM_CLUSTERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub clusters: u32,
+
+    /// Subscribers per cluster.
+    #[arg(long, env = "EMOSTREAM_SUBSCRIBERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub subscribers: u32,
+}
+
+/// Partitions of `emoji_topic`.
+#[derive(Debug, Clone, Args)]
+pub struct PartitionsFlag {
+    /// Partitions of emoji_topic (aggregation parallelism: at most one aggregator per partition), used
+    /// when this process creates it.
+    #[arg(long, env = "EMOSTREAM_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+}
+
+/// Windows kept.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryFlag {
+    /// Windows kept for GET /windows and for reconnecting clients to catch up on (Last-Event-ID).
+    #[arg(long, env = "EMOSTREAM_HISTORY", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub history: u64,
+}
+
+impl HistoryFlag {
+    pub fn windows(&self) -> usize {
+        usize::try_from(self.history).unwrap_or(usize::MAX)
+    }
+}
+
+/// Flags of `emostream up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub ingest: IngestFlags,
+
+    /// Address of the subscription and delivery API and the dashboard.
+    #[arg(long, env = "EMOSTREAM_API_ADDR", default_value = "127.0.0.1:5002")]
+    pub api_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub topology: TopologyFlags,
+
+    #[command(flatten)]
+    pub window: WindowFlag,
+
+    #[command(flatten)]
+    pub grace: GraceFlag,
+
+    #[command(flatten)]
+    pub publish: PublishFlags,
+
+    #[command(flatten)]
+    pub history: HistoryFlag,
+
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `emostream ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub ingest: IngestFlags,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `emostream aggregate`.
+#[derive(Debug, Clone, Args)]
+pub struct AggregateArgs {
+    #[command(flatten)]
+    pub window: WindowFlag,
+    #[command(flatten)]
+    pub grace: GraceFlag,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `emostream publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub window: WindowFlag,
+    #[command(flatten)]
+    pub publish: PublishFlags,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `emostream cluster`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Which cluster (1-based): forwards main_topic to clusterN. Required.
+    #[arg(long, env = "EMOSTREAM_ID", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub id: Option<u32>,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Flags of `emostream subscriber`.
+#[derive(Debug, Clone, Args)]
+pub struct SubscriberArgs {
+    /// The cluster whose topic this subscriber follows (1-based). Required.
+    #[arg(long, env = "EMOSTREAM_CLUSTER", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub cluster: Option<u32>,
+
+    /// This subscriber's id within its cluster (1-based). Required.
+    #[arg(long, env = "EMOSTREAM_ID", value_name = "M", value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub id: Option<u32>,
+
+    /// Address of this subscriber's stream API (GET /stream/{id}, GET /ws/{id}) [default:
+    /// 127.0.0.1:(5000 + 100 × cluster + id), e.g. 127.0.0.1:5101 for subscriber 1.1].
+    #[arg(long, env = "EMOSTREAM_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+
+    /// Base URL clients are told to connect to, as they reach this machine [default: http:// and the
+    /// --api-addr, with this machine's host name when it listens on 0.0.0.0].
+    #[arg(long, env = "EMOSTREAM_ADVERTISE", value_name = "URL", value_parser = parse_url)]
+    pub advertise: Option<String>,
+
+    #[command(flatten)]
+    pub history: HistoryFlag,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl SubscriberArgs {
+    /// `--api-addr`, or the default port of this subscriber: 5000 + 100 × cluster + id.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr.unwrap_or_else(|| {
+            let port = 5000 + 100 * self.cluster.unwrap_or(0) + self.id.unwrap_or(0);
+            SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap_or(0)))
+        })
+    }
+}
+
+/// Flags of `emostream registry`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Address of the subscription API (POST /subscribe, POST /unsubscribe, GET /subscriptions).
+    #[arg(long, env = "EMOSTREAM_API_ADDR", default_value = "127.0.0.1:5002")]
+    pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub topology: TopologyFlags,
+    #[command(flatten)]
+    pub history: HistoryFlag,
+    #[command(flatten)]
+    pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 fn parse_positive_f64(s: &str) -> Result<f64, String> {
@@ -190,33 +498,25 @@ impl UpArgs {
     /// # Errors
     /// When the `--emotions` file cannot be used.
     pub fn to_config(&self) -> Result<UpConfig, EmotionMapError> {
-        let emotions = match &self.emotions {
-            Some(path) => EmotionMap::from_toml_file(path)?,
-            None => EmotionMap::default(),
-        };
+        let i = &self.ingest;
         Ok(UpConfig {
-            ingest_addr: self.ingest_addr,
+            ingest_addr: i.ingest_addr,
             api_addr: self.api_addr,
-            clusters: self.clusters,
-            subscribers: self.subscribers,
-            window: self.window,
-            grace: self.grace,
-            scale: self.scale,
-            emojis: self.emojis.clone(),
-            linger: self.linger,
-            batch: self.batch,
-            buffer: self.buffer,
-            ack: self.ack,
-            limits: IngestLimits { max_body: self.max_body, max_batch_body: self.max_batch_body },
-            history: usize::try_from(self.history).unwrap_or(usize::MAX),
-            partitions: self.partitions,
-            emotions: std::sync::Arc::new(emotions),
-            trend: TrendConfig {
-                alpha: self.trend_alpha,
-                surge_factor: self.surge_factor,
-                surge_min: self.surge_min,
-                ..TrendConfig::default()
-            },
+            clusters: self.topology.clusters,
+            subscribers: self.topology.subscribers,
+            window: self.window.window,
+            grace: self.grace.grace,
+            scale: self.publish.scale,
+            emojis: i.emojis.clone(),
+            linger: i.linger,
+            batch: i.batch,
+            buffer: i.buffer,
+            ack: i.ack,
+            limits: i.limits(),
+            history: self.history.windows(),
+            partitions: self.partitions.partitions,
+            emotions: std::sync::Arc::new(self.publish.emotion_map()?),
+            trend: self.publish.trend(),
         })
     }
 }
@@ -232,6 +532,8 @@ pub enum ConfigError {
     UnknownKey { path: PathBuf, key: String, command: String },
     #[error("--config file {path}: key `{key}` must be a string, number, boolean or list")]
     BadValue { path: PathBuf, key: String },
+    #[error("`emostream {command}` needs {flag} {what}")]
+    Missing { command: &'static str, flag: &'static str, what: &'static str },
 }
 
 fn toml_to_arg(v: &toml::Value) -> Option<String> {
@@ -248,8 +550,21 @@ fn toml_to_arg(v: &toml::Value) -> Option<String> {
 /// Parses the command line, filling flags not given on it (nor in the environment) from `--config`.
 ///
 /// # Errors
-/// [`ConfigError`] when the file cannot be used; clap's own errors exit the process with usage help.
+/// [`ConfigError`] when the file cannot be used or a required flag is given nowhere; clap's own
+/// errors exit the process with usage help.
 pub fn parse_from<I, T>(args: I) -> Result<Cli, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = parse_with_config(args)?;
+    match cli.command.missing() {
+        Some((flag, what)) => Err(ConfigError::Missing { command: cli.command.name(), flag, what }),
+        None => Ok(cli),
+    }
+}
+
+fn parse_with_config<I, T>(args: I) -> Result<Cli, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -303,19 +618,20 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let u = up(&[]);
-        assert_eq!(u.ingest_addr.to_string(), "127.0.0.1:5001");
+        assert_eq!(u.ingest.ingest_addr.to_string(), "127.0.0.1:5001");
         assert_eq!(u.api_addr.to_string(), "127.0.0.1:5002");
-        assert_eq!((u.clusters, u.subscribers), (3, 3));
-        assert_eq!(u.window, Duration::from_secs(2));
-        assert_eq!(u.scale, ScaleRule::Normalize(4));
-        assert_eq!(u.max_body, 64 * 1024);
-        assert_eq!(u.max_batch_body, 4 * 1024 * 1024);
+        assert_eq!((u.topology.clusters, u.topology.subscribers), (3, 3));
+        assert_eq!(u.window.window, Duration::from_secs(2));
+        assert_eq!(u.publish.scale, ScaleRule::Normalize(4));
+        assert_eq!(u.ingest.max_body, 64 * 1024);
+        assert_eq!(u.ingest.max_batch_body, 4 * 1024 * 1024);
+        assert_eq!(u.kafka.kafka, None, "embedded unless --kafka");
     }
 
     #[test]
     fn windows_in_every_form() {
-        assert_eq!(up(&["--window", "500ms"]).window, Duration::from_millis(500));
-        assert_eq!(up(&["--window", "1s"]).window, Duration::from_secs(1));
+        assert_eq!(up(&["--window", "500ms"]).window.window, Duration::from_millis(500));
+        assert_eq!(up(&["--window", "1s"]).window.window, Duration::from_secs(1));
         assert!(parse_window("2 fortnights").is_err());
         assert!(parse_window("1ms").is_err());
     }
@@ -328,13 +644,48 @@ mod tests {
         std::fs::write(&f, "window = \"1s\"\nclusters = 2\nscale = \"per:10\"\nemojis = [\"😀\", \"😂\"]\n").unwrap();
         let p = f.to_str().unwrap();
         let u = up(&["--config", p, "--clusters", "5"]);
-        assert_eq!(u.window, Duration::from_secs(1));
-        assert_eq!(u.clusters, 5, "the flag wins over the file");
-        assert_eq!(u.scale, ScaleRule::Per(10));
-        assert_eq!(u.emojis.len(), 2);
+        assert_eq!(u.window.window, Duration::from_secs(1));
+        assert_eq!(u.topology.clusters, 5, "the flag wins over the file");
+        assert_eq!(u.publish.scale, ScaleRule::Per(10));
+        assert_eq!(u.ingest.emojis.len(), 2);
         std::fs::write(&f, "windw = \"1s\"\n").unwrap();
         let e = parse_from(["emostream", "up", "--config", p]).unwrap_err().to_string();
         assert!(e.contains("unknown key `windw`"), "{e}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, ConfigError> {
+        let mut all = vec!["emostream"];
+        all.extend_from_slice(args);
+        parse_from(all).map(|c| c.command)
+    }
+
+    #[test]
+    fn distributed_stages_need_kafka_and_their_ids() {
+        for cmd in ["ingest", "aggregate", "publish", "registry"] {
+            let e = parse(&[cmd]).unwrap_err().to_string();
+            assert!(e.contains("--kafka") && e.contains(&format!("emostream {cmd}")), "{e}");
+        }
+        assert!(parse(&["cluster", "--kafka", "k:9092"]).unwrap_err().to_string().contains("--id"));
+        assert!(parse(&["subscriber", "--id", "1", "--kafka", "k:9092"]).unwrap_err().to_string().contains("--cluster"));
+        assert!(parse(&["subscriber", "--cluster", "2", "--id", "3"]).unwrap_err().to_string().contains("--kafka"));
+        let Command::Subscriber(s) = parse(&["subscriber", "--cluster", "2", "--id", "3", "--kafka", "a:1,b:2"]).unwrap() else { panic!() };
+        assert_eq!(s.api_addr().to_string(), "127.0.0.1:5203", "a distinct default port per subscriber");
+        assert_eq!(s.kafka.kafka.as_deref(), Some("a:1,b:2"));
+        assert_eq!((s.history.history, s.partitions.partitions, s.kafka.namespace.as_str()), (1800, 6, ""));
+        assert!(parse_brokers("localhost").is_err());
+        assert!(parse_brokers("h:99999").is_err());
+        assert!(parse_url("10.0.0.7:5101").is_err());
+        assert_eq!(parse_url("http://10.0.0.7:5101/"), Ok("http://10.0.0.7:5101".into()));
+    }
+
+    #[test]
+    fn a_config_file_can_give_the_required_flags() {
+        let dir = std::env::temp_dir().join(format!("emostream-cli-req-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "kafka = \"k:9092\"\nid = 2\nnamespace = \"t1\"\n").unwrap();
+        let Command::Cluster(c) = parse(&["cluster", "--config", f.to_str().unwrap()]).unwrap() else { panic!() };
+        assert_eq!((c.id, c.kafka.kafka.as_deref(), c.kafka.namespace.as_str()), (Some(2), Some("k:9092"), "t1"));
     }
 
     #[test]

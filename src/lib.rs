@@ -10,6 +10,8 @@
 //!   function over the log.
 //! - [`http`]: the ingest API, the subscription and delivery API (SSE, WebSocket), the dashboard.
 //! - [`topology`]: which stages run in this process, wired to a log, with ordered shutdown.
+//! - [`distributed`]: each stage as its own process over Kafka (`emostream ingest`, `aggregate`,
+//!   `publish`, `cluster`, `subscriber`, `registry`).
 //! - [`cli`]: the command line (flags, `EMOSTREAM_*` variables, `--config` TOML).
 //! - [`client`]: `emostream client`, the interactive viewer and sender.
 //! - [`load`]: `emostream load`, a simulated audience with exact verification and latency figures.
@@ -19,6 +21,7 @@
 pub mod cli;
 pub mod client;
 pub mod core;
+pub mod distributed;
 pub mod http;
 pub mod load;
 pub mod log;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use emostream::cli::{self, Command, UpArgs};
+use emostream::distributed;
+use emostream::log::Log;
 use emostream::log::memory::MemoryLog;
 use emostream::topology;
 
@@ -27,6 +29,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up(args).await,
+            Command::Ingest(args) => distributed::ingest(args).await,
+            Command::Aggregate(args) => distributed::aggregate(args).await,
+            Command::Publish(args) => distributed::publish(args).await,
+            Command::Cluster(args) => distributed::cluster(args).await,
+            Command::Subscriber(args) => distributed::subscriber(args).await,
+            Command::Registry(args) => distributed::registry(args).await,
             Command::Client(args) => emostream::client::run(args).await,
             Command::Load(args) => emostream::load::run(args).await,
         }
@@ -46,9 +54,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
     let config = args.to_config()?;
-    let running = topology::up(config.clone(), Arc::new(MemoryLog::new())).await.context("cannot start the pipeline")?;
+    let log: Arc<dyn Log> = match &args.kafka.kafka {
+        Some(_) => distributed::connect(&args.kafka).await.context("cannot start the pipeline")?,
+        None => Arc::new(MemoryLog::new()),
+    };
+    let mode = if args.kafka.kafka.is_some() { format!("one process, {}", log.describe()) } else { "embedded, in-process log".to_string() };
+    let running = topology::up(config.clone(), log).await.context("cannot start the pipeline")?;
     let (ingest, api) = (running.ingest_addr, running.api_addr);
-    println!("EmoStream is up (embedded, in-process log)");
+    println!("EmoStream is up ({mode})");
     println!("  ingest     http://{ingest}   POST /emoji, POST /emojis");
     println!("  api        http://{api}   POST /subscribe, GET /stream/{{id}}, GET /ws/{{id}}, GET /windows, GET /metrics");
     println!("  dashboard  http://{api}/");

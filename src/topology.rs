@@ -261,7 +261,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         history: history_store,
         prometheus,
         streams_shutdown: streams_shutdown.clone(),
-        window_ms: window.size_ms(),
+        window_ms: Some(window.size_ms()),
         ingest_url: format!("http://{ingest_addr}"),
         emojis: config.emojis.iter().map(|e| e.to_string()).collect(),
         api_url: format!("http://{api_addr}"),

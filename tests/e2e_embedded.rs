@@ -326,6 +326,45 @@ fn cli_errors_name_the_flag() {
     }
 }
 
+#[test]
+fn distributed_stages_without_kafka_name_the_flag() {
+    for args in [
+        vec!["ingest"],
+        vec!["aggregate", "--window", "1s"],
+        vec!["publish"],
+        vec!["cluster", "--id", "1"],
+        vec!["subscriber", "--cluster", "1", "--id", "2"],
+        vec!["registry"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emostream")).args(&args).env_remove("EMOSTREAM_KAFKA").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--kafka") && err.contains(&format!("emostream {}", args[0])), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["subscriber", "--id", "2", "--kafka", "127.0.0.1:9092"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
+}
+
+#[test]
+fn an_unreachable_kafka_is_reported_with_a_hint() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    for args in [vec!["aggregate"], vec!["subscriber", "--cluster", "1", "--id", "1"], vec!["up"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emostream"))
+            .args(&args)
+            .args(["--kafka", "127.0.0.1:1", "--connect-timeout", "1s"])
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot reach the log at 127.0.0.1:1") && err.contains("scripts/kafka start"), "{args:?}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_address_is_reported_with_its_flag() {
     let server = Server::start(&[]).await;

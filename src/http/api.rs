@@ -37,7 +37,9 @@ pub struct ApiState {
     pub prometheus: PrometheusHandle,
     /// Ends every client stream (after the last window) at shutdown.
     pub streams_shutdown: CancellationToken,
-    pub window_ms: i64,
+    /// Window length, when this process knows it (the registry and subscribers learn it from the
+    /// windows they see).
+    pub window_ms: Option<i64>,
     /// Where clients send emojis, for the dashboard.
     pub ingest_url: String,
     /// The accepted emojis, for the dashboard's send buttons.
@@ -310,7 +312,7 @@ async fn stats(State(s): State<ApiState>) -> impl IntoResponse {
         "subscribed_clients": s.registry.len(),
         "clusters": s.registry.clusters(),
         "subscribers": s.registry.subscribers(),
-        "window_ms": s.window_ms,
+        "window_ms": s.window_ms.or_else(|| s.history.latest().map(|f| f.window_end - f.window_start)).unwrap_or(0),
         "ingest_url": s.ingest_url,
         "emojis": s.emojis,
     }))

@@ -25,6 +25,7 @@ pub const QUEUE: usize = 8;
 #[derive(Debug)]
 pub struct Frame {
     pub window_start: i64,
+    pub window_end: i64,
     /// When the publisher closed the window (0 when the message does not say).
     pub closed_at: i64,
     /// The swarm message JSON (WebSocket text frame, `/windows`): a slice of `sse`, not a copy.
@@ -36,6 +37,8 @@ pub struct Frame {
 #[derive(serde::Deserialize)]
 struct Head {
     window_start: i64,
+    #[serde(default)]
+    window_end: i64,
     #[serde(default)]
     closed_at: i64,
 }
@@ -55,7 +58,7 @@ impl Frame {
         sse.put_slice(&json);
         sse.put_slice(b"\n\n");
         let sse = sse.freeze();
-        Ok(Self { window_start: head.window_start, closed_at: head.closed_at, json: sse.slice(at..at + json.len()), sse })
+        Ok(Self { window_start: head.window_start, window_end: head.window_end, closed_at: head.closed_at, json: sse.slice(at..at + json.len()), sse })
     }
 }
 

@@ -22,6 +22,9 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
         cmd.args(["up", "--ingest-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
             .args(extra)
+            // Embedded: `scripts/test` exports EMOSTREAM_KAFKA for the Kafka tests, which would put
+            // `up` on Kafka.
+            .env_remove("EMOSTREAM_KAFKA")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
