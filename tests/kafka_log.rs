@@ -11,9 +11,9 @@ use emostream::log::kafka::{KafkaConfig, KafkaLog};
 use emostream::log::{Consumer, ConsumerConfig, Log, LogError, Output, Polled, Position, Record, StartAt};
 
 fn brokers() -> String {
-    std::env::var("EMOSTREAM_KAFKA").expect(
-        "EMOSTREAM_KAFKA is not set: run the tests with scripts/test, which starts Kafka, or start one with \
-         `scripts/kafka start` and set EMOSTREAM_KAFKA=127.0.0.1:9092",
+    std::env::var("EMOSTREAM_TEST_KAFKA").expect(
+        "EMOSTREAM_TEST_KAFKA is not set: run the tests with scripts/test, which starts Kafka, or start one with \
+         `KAFKA_PORT=9092 scripts/kafka start` and set EMOSTREAM_TEST_KAFKA=127.0.0.1:9092",
     )
 }
 

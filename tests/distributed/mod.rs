@@ -1,0 +1,436 @@
+//! Harness for the distributed tests: every stage as its own `emostream` OS process over the real
+//! Kafka broker `scripts/test` starts (address in `EMOSTREAM_TEST_KAFKA`), viewers that reconnect
+//! like `emostream client` does, and senders that count what was acknowledged.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+pub fn brokers() -> String {
+    std::env::var("EMOSTREAM_TEST_KAFKA").expect(
+        "EMOSTREAM_TEST_KAFKA is not set: run the tests with scripts/test (it starts Kafka), or start one with \
+         `KAFKA_PORT=19092 scripts/kafka start` and set EMOSTREAM_TEST_KAFKA=127.0.0.1:19092",
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `emostream` process; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    pub log: PathBuf,
+    restarts: u32,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[String], dir: &std::path::Path) -> Proc {
+        let mut p = Proc { name: name.to_owned(), args: args.to_vec(), child: None, log: dir.join(format!("{name}.log")), restarts: 0 };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EMOSTREAM_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info,librdkafka=warn").env("NO_COLOR", "1");
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)));
+    }
+
+    /// `kill -9`: no chance to flush or commit anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within 30 s of SIGTERM; log {}", self.name, self.log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.restarts += 1;
+        self.start();
+    }
+
+    /// Panics (with its log) when the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(s) = c.try_wait().unwrap() {
+                panic!("{} exited ({s}); log:\n{}", self.name, tail(&self.log));
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tail(path: &std::path::Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A whole distributed topology, one process per stage.
+pub struct Topology {
+    pub namespace: String,
+    pub dir: PathBuf,
+    pub window_ms: i64,
+    pub registry_url: String,
+    pub ingest_urls: Vec<String>,
+    pub procs: BTreeMap<String, Proc>,
+}
+
+pub struct Shape {
+    pub ingest: usize,
+    pub aggregate: usize,
+    pub clusters: u32,
+    pub subscribers: u32,
+    pub partitions: u32,
+    pub window: &'static str,
+    pub ack: &'static str,
+}
+
+impl Topology {
+    pub async fn start(test: &str, shape: Shape) -> Topology {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let namespace = format!("{test}-{}-{nanos}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("emostream-{namespace}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let window_ms = humantime::parse_duration(shape.window).unwrap().as_millis() as i64;
+        let common = |v: &mut Vec<String>| {
+            v.extend(["--kafka".into(), brokers(), "--namespace".into(), namespace.clone(), "--partitions".into(), shape.partitions.to_string()]);
+        };
+        let mut procs = BTreeMap::new();
+        let mut add = |name: String, mut args: Vec<String>| {
+            common(&mut args);
+            let p = Proc::spawn(&name, &args, &dir);
+            procs.insert(name, p);
+        };
+        let s = |x: &str| x.to_owned();
+        let registry_port = free_port();
+        add(s("registry"), vec![
+            s("registry"),
+            s("--api-addr"),
+            format!("127.0.0.1:{registry_port}"),
+            s("--clusters"),
+            shape.clusters.to_string(),
+            s("--subscribers"),
+            shape.subscribers.to_string(),
+        ]);
+        for c in 1..=shape.clusters {
+            for m in 1..=shape.subscribers {
+                add(format!("subscriber-{c}.{m}"), vec![
+                    s("subscriber"),
+                    s("--cluster"),
+                    c.to_string(),
+                    s("--id"),
+                    m.to_string(),
+                    s("--api-addr"),
+                    format!("127.0.0.1:{}", free_port()),
+                ]);
+            }
+            add(format!("cluster-{c}"), vec![s("cluster"), s("--id"), c.to_string()]);
+        }
+        add(s("publish"), vec![s("publish"), s("--window"), s(shape.window)]);
+        for a in 1..=shape.aggregate {
+            add(format!("aggregate-{a}"), vec![s("aggregate"), s("--window"), s(shape.window), s("--grace"), s("200ms")]);
+        }
+        let mut ingest_urls = Vec::new();
+        for i in 1..=shape.ingest {
+            let port = free_port();
+            ingest_urls.push(format!("http://127.0.0.1:{port}"));
+            add(format!("ingest-{i}"), vec![
+                s("ingest"),
+                s("--ingest-addr"),
+                format!("127.0.0.1:{port}"),
+                s("--ack"),
+                s(shape.ack),
+                s("--linger"),
+                s("5ms"),
+            ]);
+        }
+        let mut t = Topology { namespace, dir, window_ms, registry_url: format!("http://127.0.0.1:{registry_port}"), ingest_urls, procs };
+        let mut urls = vec![t.registry_url.clone()];
+        urls.extend(t.ingest_urls.iter().cloned());
+        for u in urls {
+            t.wait_healthy(&u).await;
+        }
+        t
+    }
+
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.get_mut(name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    pub fn assert_all_running(&mut self) {
+        for p in self.procs.values_mut() {
+            p.assert_running();
+        }
+    }
+
+    pub async fn wait_healthy(&mut self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/healthz")).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            self.assert_all_running();
+            assert!(Instant::now() < deadline, "{url} not healthy within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Subscribes `client_id` at the registry; returns the answer (with `stream_url`, `ws_url`).
+    pub async fn subscribe(&self, body: Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = reqwest::Client::new().post(format!("{}/subscribe", self.registry_url)).json(&body).send().await.unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            if status == 200 {
+                return v;
+            }
+            // Subscribers announce themselves shortly after start.
+            assert!(Instant::now() < deadline, "subscribe {body}: {status} {v}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Every process's log, for a failing test's output.
+    pub fn logs(&self) -> String {
+        self.procs.values().map(|p| format!("---- {} ----\n{}\n", p.name, tail(&p.log))).collect()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("process logs in {}:\n{}", self.dir.display(), self.logs());
+        }
+    }
+}
+
+/// What a viewer received, in arrival order, across reconnects.
+#[derive(Default)]
+pub struct Seen {
+    pub windows: Vec<Value>,
+    pub reconnects: u32,
+}
+
+/// A viewer that holds an SSE stream (or WebSocket) and, when it drops, reconnects with the last
+/// window it saw, as `emostream client` and browsers do.
+pub struct Viewer {
+    pub id: String,
+    pub seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Viewer {
+    pub fn sse(id: &str, url: String) -> Viewer {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let last = s.lock().unwrap().windows.last().and_then(|w| w["window_start"].as_i64());
+                let mut req = client.get(&url);
+                if let Some(l) = last {
+                    req = req.header("Last-Event-ID", l.to_string());
+                }
+                if let Ok(resp) = req.send().await {
+                    if resp.status() == 200 {
+                        let mut body = resp.bytes_stream();
+                        let mut buf = Vec::new();
+                        while let Some(Ok(chunk)) = body.next().await {
+                            buf.extend_from_slice(&chunk);
+                            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                                let text = String::from_utf8_lossy(&event);
+                                let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                                if let Ok(w) = serde_json::from_str::<Value>(&data) {
+                                    s.lock().unwrap().windows.push(w);
+                                }
+                            }
+                        }
+                    }
+                }
+                s.lock().unwrap().reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Viewer { id: id.to_owned(), seen, task }
+    }
+
+    pub fn ws(id: &str, url: String) -> Viewer {
+        use tokio_tungstenite::tungstenite::Message;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let last = s.lock().unwrap().windows.last().and_then(|w| w["window_start"].as_i64());
+                let u = match last {
+                    Some(l) => format!("{url}?after={l}"),
+                    None => url.clone(),
+                };
+                if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&u).await {
+                    while let Some(Ok(m)) = ws.next().await {
+                        if let Message::Text(t) = m {
+                            if let Ok(w) = serde_json::from_str::<Value>(&t) {
+                                s.lock().unwrap().windows.push(w);
+                            }
+                        }
+                    }
+                }
+                s.lock().unwrap().reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Viewer { id: id.to_owned(), seen, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().windows.len()
+    }
+
+    pub fn windows(&self) -> Vec<Value> {
+        self.seen.lock().unwrap().windows.clone()
+    }
+
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        totals(&self.windows())
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn totals(windows: &[Value]) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
+    for w in windows {
+        for (e, n) in w["counts"].as_object().expect("counts") {
+            *t.entry(e.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
+    t.retain(|_, n| *n > 0);
+    t
+}
+
+/// Each window once, in order, none skipped.
+pub fn assert_consecutive(windows: &[Value], size_ms: i64, who: &str) {
+    for pair in windows.windows(2) {
+        let (a, b) = (pair[0]["window_start"].as_i64().unwrap(), pair[1]["window_start"].as_i64().unwrap());
+        assert_eq!(b - a, size_ms, "{who}: window {a} then {b} (a gap or a repeat)");
+    }
+}
+
+/// Every viewer saw the same content for every window they both saw.
+pub fn assert_identical(viewers: &[Viewer]) {
+    let maps: Vec<(String, BTreeMap<i64, Value>)> = viewers
+        .iter()
+        .map(|v| (v.id.clone(), v.windows().into_iter().map(|w| (w["window_start"].as_i64().unwrap(), w["counts"].clone())).collect()))
+        .collect();
+    let (first_id, first) = &maps[0];
+    for (id, m) in &maps[1..] {
+        for (w, counts) in m {
+            if let Some(c) = first.get(w) {
+                assert_eq!(c, counts, "window {w}: {first_id} and {id} differ");
+            }
+        }
+    }
+}
+
+/// Waits until every viewer has seen `want` in total (and then one more window, to catch extras).
+pub async fn wait_totals(viewers: &[Viewer], want: &BTreeMap<String, u64>, timeout: Duration, topo: &mut Topology) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if viewers.iter().all(|v| &v.totals() == want) {
+            break;
+        }
+        topo.assert_all_running();
+        if Instant::now() > deadline {
+            let got: Vec<String> = viewers.iter().map(|v| format!("{}: {:?} ({} windows)", v.id, v.totals(), v.count())).collect();
+            panic!("viewers did not reach the acked totals {want:?} within {timeout:?}:\n{}", got.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let counts: Vec<usize> = viewers.iter().map(Viewer::count).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while viewers.iter().zip(&counts).any(|(v, c)| v.count() < c + 2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn wait_windows(viewers: &[Viewer], n: usize, timeout: Duration, topo: &mut Topology) {
+    let deadline = Instant::now() + timeout;
+    while viewers.iter().any(|v| v.count() < n) {
+        topo.assert_all_running();
+        assert!(Instant::now() < deadline, "viewers did not get {n} windows within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `events` (emoji, count) as batches of `batch` to `url`; returns what was acknowledged.
+pub async fn send_batches(url: &str, events: &[(&str, u64)], batch: usize) -> BTreeMap<String, u64> {
+    let mut acked = BTreeMap::new();
+    let mut flat: Vec<&str> = Vec::new();
+    for (e, n) in events {
+        flat.extend(std::iter::repeat_n(*e, *n as usize));
+    }
+    let client = reqwest::Client::new();
+    for chunk in flat.chunks(batch) {
+        let body: Vec<Value> = chunk.iter().enumerate().map(|(i, e)| json!({"emoji": e, "client_id": format!("sender-{i}")})).collect();
+        let r = client.post(format!("{url}/emojis")).json(&body).send().await.unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        for e in chunk {
+            *acked.entry((*e).to_owned()).or_default() += 1;
+        }
+    }
+    acked
+}
+
+pub fn merge(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}

@@ -1,0 +1,181 @@
+//! Faults in the distributed topology, over the real Kafka broker: `kill -9` of an aggregator, of the
+//! publisher, of a durable ingest right after it answered, and of a subscriber. After restarts every
+//! acknowledged emoji is counted exactly once, no window is published twice and none is missing.
+
+#![cfg(feature = "kafka")]
+
+mod distributed;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distributed::*;
+use serde_json::{Value, json};
+
+/// Sends batches of `n` emojis to `url` until `stop`, tallying every 200.
+fn keep_sending(url: String, n: usize, every: Duration) -> (Arc<Mutex<BTreeMap<String, u64>>>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<u64>) {
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (a, s) = (acked.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let emojis = ["😀", "😂", "😍", "👍"];
+        let mut i = 0usize;
+        let mut refused = 0;
+        while !s.is_cancelled() {
+            let batch: Vec<&str> = (0..n).map(|k| emojis[(i + k * k) % emojis.len()]).collect();
+            let body: Vec<Value> = batch.iter().map(|e| json!({"emoji": e, "client_id": "sender"})).collect();
+            match client.post(format!("{url}/emojis")).json(&body).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let mut a = a.lock().unwrap();
+                    for e in batch {
+                        *a.entry(e.to_owned()).or_default() += 1;
+                    }
+                }
+                _ => refused += 1,
+            }
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+        refused
+    });
+    (acked, stop, task)
+}
+
+fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
+    for v in viewers {
+        let w = v.windows();
+        assert_consecutive(&w, window_ms, &v.id);
+        assert_eq!(&totals(&w), acked, "{}: counted exactly what was acked", v.id);
+    }
+    assert_identical(viewers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_aggregator_and_the_publisher_loses_and_repeats_nothing() {
+    let mut topo =
+        Topology::start("faults", Shape { ingest: 1, aggregate: 2, clusters: 1, subscribers: 2, partitions: 4, window: "1s", ack: "fast" })
+            .await;
+    let mut viewers = Vec::new();
+    for m in 1..=2 {
+        let id = format!("viewer-{m}");
+        let sub = topo.subscribe(json!({"client_id": id, "subscription_key": format!("1{m}")})).await;
+        viewers.push(Viewer::sse(&id, sub["stream_url"].as_str().unwrap().to_owned()));
+    }
+    wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
+
+    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 40, Duration::from_millis(25));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    topo.proc("aggregate-1").kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    topo.proc("aggregate-1").restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    topo.proc("publish").kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    topo.proc("publish").restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    let refused = sender.await.unwrap();
+    assert_eq!(refused, 0, "ingest kept answering 200 through the faults");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.values().sum::<u64>() > 10_000, "{acked:?}");
+
+    wait_totals(&viewers, &acked, Duration::from_secs(120), &mut topo).await;
+    check(&viewers, &acked, topo.window_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_ingest_killed_right_after_answering_loses_no_acked_emoji() {
+    let mut topo =
+        Topology::start("durable", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "durable" })
+            .await;
+    let sub = topo.subscribe(json!({"client_id": "viewer", "subscription_key": "11"})).await;
+    let viewers = vec![Viewer::ws("viewer", sub["ws_url"].as_str().unwrap().to_owned())];
+    wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
+
+    let url = topo.ingest_urls[0].clone();
+    let mut acked = BTreeMap::new();
+    // Requests that got no answer: each may or may not have reached Kafka before the kill.
+    let mut unanswered: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..3 {
+        // Many requests in flight; the process dies the moment the tenth of them is answered 200.
+        let client = reqwest::Client::new();
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        for i in 0..200 {
+            let c = client.clone();
+            let u = url.clone();
+            inflight.push(async move {
+                let e = ["😀", "😂", "😍", "👍"][i % 4];
+                let r = c.post(format!("{u}/emoji")).json(&json!({"emoji": e, "client_id": format!("c{i}")})).send().await;
+                (e, r.map(|r| r.status().as_u16()).unwrap_or(0))
+            });
+        }
+        use futures::StreamExt;
+        let mut ok = 0;
+        while let Some((e, status)) = inflight.next().await {
+            if status == 200 {
+                *acked.entry(e.to_owned()).or_insert(0u64) += 1;
+                ok += 1;
+                if ok == 10 {
+                    topo.proc("ingest-1").kill9();
+                }
+            } else {
+                *unanswered.entry(e.to_owned()).or_insert(0u64) += 1;
+            }
+        }
+        assert!(ok >= 10, "round {round}: ten requests were answered 200 before the kill");
+        topo.proc("ingest-1").restart();
+        topo.wait_healthy(&url).await;
+    }
+    let more = send_batches(&url, &[("👍", 25)], 5).await;
+    merge(&mut acked, more);
+
+    // Every 200 is counted; beyond that, at most the requests that never got an answer.
+    let viewer = &viewers[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while acked.iter().any(|(e, n)| viewer.totals().get(e).copied().unwrap_or(0) < *n) {
+        topo.assert_all_running();
+        assert!(std::time::Instant::now() < deadline, "acked {acked:?}, counted {:?}", viewer.totals());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counted = viewer.totals();
+    for (e, n) in &counted {
+        let a = acked.get(e).copied().unwrap_or(0);
+        let u = unanswered.get(e).copied().unwrap_or(0);
+        assert!(*n >= a && *n <= a + u, "{e}: counted {n}, acked {a}, unanswered {u}");
+    }
+    assert_consecutive(&viewer.windows(), topo.window_ms, &viewer.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
+    let mut topo =
+        Topology::start("subkill", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "fast" })
+            .await;
+    let a = topo.subscribe(json!({"client_id": "sse-viewer", "subscription_key": "11"})).await;
+    let b = topo.subscribe(json!({"client_id": "ws-viewer", "cluster_id": 1, "subscriber_id": 1})).await;
+    let viewers =
+        vec![Viewer::sse("sse-viewer", a["stream_url"].as_str().unwrap().to_owned()), Viewer::ws("ws-viewer", b["ws_url"].as_str().unwrap().to_owned())];
+    wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
+
+    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<usize> = viewers.iter().map(Viewer::count).collect();
+    topo.proc("subscriber-1.1").kill9();
+    // Windows keep being published while it is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    topo.proc("subscriber-1.1").restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    assert_eq!(sender.await.unwrap(), 0);
+    let acked = acked.lock().unwrap().clone();
+
+    wait_totals(&viewers, &acked, Duration::from_secs(60), &mut topo).await;
+    for (v, b) in viewers.iter().zip(before) {
+        assert!(v.seen.lock().unwrap().reconnects >= 1, "{} reconnected", v.id);
+        assert!(v.count() > b + 4, "{} got the windows it missed", v.id);
+    }
+    check(&viewers, &acked, topo.window_ms);
+}
