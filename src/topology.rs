@@ -240,8 +240,10 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     let mut hubs = HashMap::new();
     sup.step();
     for c in 1..=config.clusters {
+        // The subscribers of a cluster follow the same topic: they share one copy of its windows.
+        let cluster_history = History::new(config.history);
         for s in 1..=config.subscribers {
-            let hub = Hub::new(c, s, config.history);
+            let hub = Hub::sharing(c, s, cluster_history.clone());
             hubs.insert((c, s), hub.clone());
             let l = log.clone();
             let replay = config.history as u64;

@@ -81,11 +81,18 @@ impl Hub {
     /// A hub that keeps the last `replay` windows for reconnecting clients (at least one: the window
     /// a new connection gets first).
     pub fn new(cluster: u32, id: u32, replay: usize) -> Arc<Self> {
+        Self::sharing(cluster, id, History::new(replay.max(1)))
+    }
+
+    /// A hub whose windows live in `history`, which other hubs following the same cluster topic may
+    /// share (embedded: one copy per cluster instead of one per subscriber; each window is kept and
+    /// sent once whichever hub reads it first).
+    pub fn sharing(cluster: u32, id: u32, history: Arc<History>) -> Arc<Self> {
         let key = format!("{cluster}{id}");
         Arc::new(Self {
             cluster,
             id,
-            history: History::new(replay.max(1)),
+            history,
             caught_up: CancellationToken::new(),
             connected: metrics::gauge!(telemetry::CONNECTED_CLIENTS, "subscriber" => key.clone()),
             dropped: metrics::counter!(telemetry::SLOW_CLIENTS_DROPPED, "subscriber" => key.clone()),
