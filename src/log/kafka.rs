@@ -388,7 +388,7 @@ impl KafkaConsumer {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1500")
             .set("max.poll.interval.ms", "60000")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "25")
             .set("auto.offset.reset", "earliest");
         let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default() };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
