@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -71,8 +71,8 @@ static CONSUMER_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The Kafka log. Cheap to share behind an `Arc`.
 pub struct KafkaLog {
     config: KafkaConfig,
-    producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    producer: FutureProducer<Quiet>,
+    admin: AdminClient<Quiet>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -96,7 +96,9 @@ fn base_client_config(config: &KafkaConfig) -> ClientConfig {
         // Say so quickly when the broker goes away; librdkafka keeps retrying underneath.
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("reconnect.backoff.max.ms", "1000")
-        .set_log_level(RDKafkaLogLevel::Warning);
+        .set_log_level(RDKafkaLogLevel::Warning)
+        // Errors come through the context (one warning per 10 s), not as a log line per attempt.
+        .set("log.connection.close", "false");
     c
 }
 
@@ -112,9 +114,11 @@ impl KafkaLog {
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("message.timeout.ms", "120000")
             .set("compression.type", "lz4");
-        let producer: FutureProducer = pc.create().map_err(|e| other("creating the producer", e))?;
-        let admin: AdminClient<DefaultClientContext> =
-            base_client_config(&config).create().map_err(|e| other("creating the admin client", e))?;
+        let producer: FutureProducer<Quiet> =
+            pc.create_with_context(Quiet::new(&config.brokers)).map_err(|e| other("creating the producer", e))?;
+        let admin: AdminClient<Quiet> = base_client_config(&config)
+            .create_with_context(Quiet::new(&config.brokers))
+            .map_err(|e| other("creating the admin client", e))?;
         let log = Self { config, producer, admin };
         let timeout = log.config.connect_timeout;
         let client = log.producer.clone();
@@ -145,6 +149,54 @@ impl KafkaLog {
         })
         .await
         .map_err(|e| other("metadata", e))?
+    }
+}
+
+/// librdkafka reports every failed connection attempt, many per second while a broker is away.
+/// This context turns them into one operator-readable warning per [`QUIET_EVERY`] per client.
+#[derive(Debug)]
+pub struct Quiet {
+    brokers: String,
+    last: Mutex<Option<Instant>>,
+}
+
+const QUIET_EVERY: Duration = Duration::from_secs(10);
+
+impl Quiet {
+    fn new(brokers: &str) -> Self {
+        Self { brokers: brokers.to_owned(), last: Mutex::new(None) }
+    }
+
+    fn report(&self, what: &str) {
+        let mut last = self.last.lock().expect("kafka log lock poisoned");
+        if last.is_some_and(|l| l.elapsed() < QUIET_EVERY) {
+            tracing::debug!(brokers = %self.brokers, "{what}");
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(brokers = %self.brokers, "Kafka trouble: {what} (retrying; is the broker up? `scripts/kafka status`)");
+    }
+}
+
+/// The transactional producer learns of failed deliveries from `commit_transaction`.
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, (): ()) {}
+}
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                self.report(&format!("{fac}: {message}"));
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(&format!("{error}: {reason}"));
     }
 }
 
@@ -259,9 +311,18 @@ struct Ctx {
     topic: String,
     start: StartAt,
     events: Mutex<Events>,
+    quiet: Quiet,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
 
 impl Ctx {
     fn push(&self, e: Result<Polled, LogError>) {
@@ -356,7 +417,7 @@ impl ConsumerContext for Ctx {
 struct Inner {
     consumer: BaseConsumer<Ctx>,
     /// Transactional producer bound to this consumer (grouped consumers only).
-    producer: Option<BaseProducer>,
+    producer: Option<BaseProducer<Quiet>>,
     grouped: bool,
     /// Records read in the poll that also brought a rebalance: handed out after its events.
     stashed: Mutex<Vec<Record>>,
@@ -390,7 +451,7 @@ impl KafkaConsumer {
             .set("max.poll.interval.ms", "60000")
             .set("fetch.wait.max.ms", "25")
             .set("auto.offset.reset", "earliest");
-        let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default() };
+        let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default(), quiet: Quiet::new(&log.brokers) };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
         let producer = if grouped {
             let txid = namespaced(ns, &config.transactional_id.clone().unwrap_or_else(|| format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader"))));
@@ -401,7 +462,8 @@ impl KafkaConsumer {
                 .set("linger.ms", "1")
                 // An open transaction of a killed process blocks read_committed readers until it times out.
                 .set("transaction.timeout.ms", "10000");
-            let p: BaseProducer = pc.create().map_err(|e| other("creating a transactional producer", e))?;
+            let p: BaseProducer<Quiet> =
+                pc.create_with_context(Quiet::new(&log.brokers)).map_err(|e| other("creating a transactional producer", e))?;
             p.init_transactions(CALL_TIMEOUT).map_err(|e| tx_error(&e, &txid))?;
             Some(p)
         } else {
