@@ -27,7 +27,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer as _, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -417,7 +417,7 @@ impl ConsumerContext for Ctx {
 struct Inner {
     consumer: BaseConsumer<Ctx>,
     /// Transactional producer bound to this consumer (grouped consumers only).
-    producer: Option<BaseProducer<Quiet>>,
+    producer: Option<ThreadedProducer<Quiet>>,
     grouped: bool,
     /// Records read in the poll that also brought a rebalance: handed out after its events.
     stashed: Mutex<Vec<Record>>,
@@ -462,7 +462,8 @@ impl KafkaConsumer {
                 .set("linger.ms", "1")
                 // An open transaction of a killed process blocks read_committed readers until it times out.
                 .set("transaction.timeout.ms", "10000");
-            let p: BaseProducer<Quiet> =
+            // Threaded: delivery reports are served in the background, so an abort can always flush.
+            let p: ThreadedProducer<Quiet> =
                 pc.create_with_context(Quiet::new(&log.brokers)).map_err(|e| other("creating a transactional producer", e))?;
             p.init_transactions(CALL_TIMEOUT).map_err(|e| tx_error(&e, &txid))?;
             Some(p)
@@ -538,7 +539,7 @@ impl Inner {
                     if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
                         return Err(other("consumer", e));
                     }
-                    tracing::warn!(error = %e, "kafka consumer: transient error, retrying");
+                    ctx.quiet.report(&format!("reading `{}`: {e}", ctx.topic));
                     if records.is_empty() && !ctx.pending() && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
                         continue;
@@ -610,33 +611,70 @@ impl Inner {
             producer.commit_transaction(CALL_TIMEOUT)?;
             Ok(())
         };
-        match attempt() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
-                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
-                if fatal {
-                    return Err(tx_error(&e, "committing a transaction"));
-                }
-                tracing::warn!(error = %e, abortable, "kafka: commit aborted; rewinding to the committed positions");
-                if let Err(a) = producer.abort_transaction(CALL_TIMEOUT) {
+        let Err(e) = attempt() else { return Ok(()) };
+        if matches!(&e, KafkaError::Transaction(t) if t.is_fatal()) {
+            return Err(tx_error(&e, "committing a transaction"));
+        }
+        // Anything else (a rebalance underway, the broker away): abort, which retries until the
+        // broker answers, then resume from what is committed. Nothing of this attempt is visible.
+        tracing::warn!(error = %e, "kafka: commit failed; aborting it and rewinding to the committed positions");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match producer.abort_transaction(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(a) if matches!(&a, KafkaError::Transaction(t) if t.is_fatal()) => {
                     return Err(tx_error(&a, "aborting a transaction"));
                 }
-                self.rewind()
+                Err(a) => {
+                    ctx.quiet.report(&format!("aborting a transaction: {a}"));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
             }
         }
+        self.rewind()
     }
 
-    /// After an aborted commit: back to the committed positions, reported as a rebalance.
+    /// After an aborted commit: back to the committed positions, reported as a rebalance. Retries
+    /// while the broker is away; a consumer that lost its partitions meanwhile gets them back (or
+    /// not) through the group's next rebalance instead.
     fn rewind(&self) -> Result<(), LogError> {
         let ctx = self.consumer.context();
-        let assignment = self.consumer.assignment().map_err(|e| other("reading the assignment", e))?;
-        let partitions: Vec<u32> = assignment.elements().iter().map(|e| e.partition() as u32).collect();
         self.stashed.lock().expect("stash lock poisoned").clear();
-        let assigned = ctx.assign(&self.consumer, &partitions, self.grouped)?;
-        ctx.push(Ok(Polled::Revoked(partitions)));
-        ctx.push(Ok(Polled::Assigned(assigned)));
-        Ok(())
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = || -> Result<Vec<Assignment>, LogError> {
+                let assignment = self.consumer.assignment().map_err(|e| other("reading the assignment", e))?;
+                let partitions: Vec<u32> = assignment.elements().iter().map(|e| e.partition() as u32).collect();
+                if partitions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let assigned = ctx.resolve(&self.consumer, &partitions, self.grouped)?;
+                let mut tpl = TopicPartitionList::new();
+                for a in &assigned {
+                    tpl.add_partition_offset(&ctx.topic, a.partition as i32, Offset::Offset(a.offset as i64))
+                        .map_err(|e| other("building a seek", e))?;
+                }
+                let sought = self.consumer.seek_partitions(tpl, CALL_TIMEOUT).map_err(|e| other("seeking to the committed offsets", e))?;
+                if let Some(bad) = sought.elements().iter().find(|e| e.error().is_err()) {
+                    return Err(other("seeking to the committed offsets", format!("partition {}: {:?}", bad.partition(), bad.error())));
+                }
+                Ok(assigned)
+            };
+            match attempt() {
+                Ok(assigned) if assigned.is_empty() => return Ok(()),
+                Ok(assigned) => {
+                    ctx.push(Ok(Polled::Revoked(assigned.iter().map(|a| a.partition).collect())));
+                    ctx.push(Ok(Polled::Assigned(assigned)));
+                    return Ok(());
+                }
+                Err(e) => {
+                    ctx.quiet.report(&format!("rewinding `{}`: {e}", ctx.topic));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 }
 
