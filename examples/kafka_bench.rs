@@ -94,18 +94,22 @@ async fn main() -> anyhow::Result<()> {
     let mut partials = log.consumer(ConsumerConfig::new(topics::PARTIALS, None, StartAt::Earliest)).await?;
     let started = Instant::now();
     let mut children: Vec<Child> = (0..a.aggregators)
-        .map(|_| {
+        .map(|i| {
             Command::new(&a.bin)
                 .args(["aggregate", "--kafka", &a.brokers, "--namespace", &namespace, "--window", "200ms", "--grace", "0ms"])
                 .args(["--partitions", &a.partitions.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(
+                    std::fs::File::create(std::env::temp_dir().join(format!("{namespace}-aggregate-{i}.log")))
+                        .map_or_else(|_| Stdio::null(), Stdio::from),
+                )
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {} aggregate: {e} (build it: cargo build --release)", a.bin))
         })
         .collect();
     let mut counted = 0u64;
+    let mut seen = std::collections::HashMap::new();
     let mut first_at = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while counted < a.events {
@@ -114,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
             for r in rs {
                 let p = PartialRecord::from_bytes(&r.payload)?;
                 let n: u64 = p.partial.counts.values().sum();
+                if let Some(prev) = seen.insert((p.partition, p.partial.window_start), n) {
+                    eprintln!("partition {} window {} emitted twice: {prev} then {n} events", p.partition, p.partial.window_start);
+                }
                 if n > 0 && first_at.is_none() {
                     first_at = Some(started.elapsed());
                 }

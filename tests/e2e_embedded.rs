@@ -97,6 +97,10 @@ async fn every_acked_emoji_is_counted_once_and_every_client_sees_the_same_window
 
     // Let a few windows pass, then stop: shutdown publishes what is held before closing streams.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Emotions, mood, trend and surges are exactly what the core computes from the counts, window by
+    // window since the first (the Kafka tests check the same over Kafka and across a publisher restart).
+    let all: Value = reqwest::get(format!("{api}/windows?limit=100000")).await.unwrap().json().await.unwrap();
+    common::emotions::assert_recomputed(all["windows"].as_array().unwrap(), "embedded");
     assert!(server.terminate().success(), "clean exit on SIGTERM");
 
     let mut received = Vec::new();

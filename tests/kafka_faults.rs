@@ -53,7 +53,7 @@ fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_an_aggregator_and_the_publisher_loses_and_repeats_nothing() {
+async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repeats_nothing() {
     let mut topo =
         Topology::start("faults", Shape { ingest: 1, aggregate: 2, clusters: 1, subscribers: 2, partitions: 4, window: "1s", ack: "fast" })
             .await;
@@ -74,7 +74,12 @@ async fn killing_an_aggregator_and_the_publisher_loses_and_repeats_nothing() {
     topo.proc("publish").kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
     topo.proc("publish").restart();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A third aggregator joins the group, then the second dies for good: two more rebalances.
+    topo.spawn("aggregate-3", &["aggregate", "--window", "1s", "--grace", "200ms"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    topo.proc("aggregate-2").kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     let refused = sender.await.unwrap();
     assert_eq!(refused, 0, "ingest kept answering 200 through the faults");
@@ -83,6 +88,12 @@ async fn killing_an_aggregator_and_the_publisher_loses_and_repeats_nothing() {
 
     wait_totals(&viewers, &acked, Duration::from_secs(120), &mut topo).await;
     check(&viewers, &acked, topo.window_ms);
+    // The restarted publisher carried the trend on from its checkpoint: every window's emotion fields
+    // are what one uninterrupted run computes.
+    let all: Value = reqwest::get(format!("{}/windows?limit=100000", topo.registry_url)).await.unwrap().json().await.unwrap();
+    let all = all["windows"].as_array().unwrap();
+    assert_consecutive(all, topo.window_ms, "registry /windows");
+    emotions::assert_recomputed(all, "kafka mode across a publisher restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,9 +68,10 @@ async fn eighteen_processes_count_exactly_and_every_viewer_sees_the_same_windows
     assert_identical(&viewers);
 
     // The registry's history agrees with what viewers saw.
-    let windows: serde_json::Value = reqwest::get(format!("{}/windows?limit=1000", topo.registry_url)).await.unwrap().json().await.unwrap();
-    let history = windows["windows"].as_array().cloned().unwrap_or_else(|| windows.as_array().cloned().unwrap_or_default());
+    let windows: serde_json::Value = reqwest::get(format!("{}/windows?limit=100000", topo.registry_url)).await.unwrap().json().await.unwrap();
+    let history = windows["windows"].as_array().cloned().expect("windows");
     assert_eq!(totals(&history), acked, "GET /windows at the registry");
+    emotions::assert_recomputed(&history, "kafka mode");
 
     // SIGTERM: every process exits cleanly.
     let names: Vec<String> = topo.procs.keys().cloned().collect();

@@ -348,6 +348,16 @@ impl Ctx {
         } else {
             None
         };
+        if let Some(c) = &committed {
+            // A partition whose committed offset could not be read (e.g. a transaction that committed
+            // it is still settling) must not look like one that never committed: that would replay
+            // it from the start and count it twice.
+            for e in c.elements() {
+                if let Err(err) = e.error() {
+                    return Err(other(&format!("reading the committed offset of partition {}", e.partition()), err));
+                }
+            }
+        }
         let mut out = Vec::with_capacity(partitions.len());
         for &p in partitions {
             let found = committed.as_ref().and_then(|c| c.find_partition(&self.topic, p as i32)).and_then(|e| match e.offset() {
@@ -379,7 +389,18 @@ impl Ctx {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &[u32], grouped: bool) -> Result<Vec<Assignment>, LogError> {
-        let assigned = self.resolve(consumer, partitions, grouped)?;
+        let mut attempt = 0;
+        let assigned = loop {
+            match self.resolve(consumer, partitions, grouped) {
+                Ok(a) => break a,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(topic = %self.topic, error = %e, attempt, "cannot read where to resume yet; retrying");
+                    std::thread::sleep(Duration::from_millis(200) * attempt);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         for a in &assigned {
             tpl.add_partition_offset(&self.topic, a.partition as i32, Offset::Offset(a.offset as i64))

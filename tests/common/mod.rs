@@ -1,6 +1,8 @@
 //! Test harness: runs the real `emostream` binary and talks to it over real sockets.
 #![allow(dead_code)]
 
+pub mod emotions;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/emotions.rs"]
+pub mod emotions;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -106,6 +109,8 @@ pub fn tail(path: &std::path::Path) -> String {
 
 /// A whole distributed topology, one process per stage.
 pub struct Topology {
+    /// Flags every process of this topology takes (broker, namespace, partitions).
+    common: Vec<String>,
     pub namespace: String,
     pub dir: PathBuf,
     pub window_ms: i64,
@@ -183,13 +188,23 @@ impl Topology {
                 s("5ms"),
             ]);
         }
-        let mut t = Topology { namespace, dir, window_ms, registry_url: format!("http://127.0.0.1:{registry_port}"), ingest_urls, procs };
+        let mut common_args = Vec::new();
+        common(&mut common_args);
+        let mut t = Topology { common: common_args, namespace, dir, window_ms, registry_url: format!("http://127.0.0.1:{registry_port}"), ingest_urls, procs };
         let mut urls = vec![t.registry_url.clone()];
         urls.extend(t.ingest_urls.iter().cloned());
         for u in urls {
             t.wait_healthy(&u).await;
         }
         t
+    }
+
+    /// Starts one more process of this topology (e.g. another aggregator joining the group).
+    pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        let mut a: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        a.extend(self.common.iter().cloned());
+        let p = Proc::spawn(name, &a, &self.dir);
+        self.procs.insert(name.to_owned(), p);
     }
 
     pub fn proc(&mut self, name: &str) -> &mut Proc {
