@@ -71,13 +71,20 @@ impl Command {
     /// Flags a distributed stage cannot run without. They are optional to clap so that `--config`
     /// can give them too; checked once every source has been read.
     fn missing(&self) -> Option<(&'static str, &'static str)> {
-        const KAFKA: (&str, &str) = ("--kafka", "HOST:PORT[,HOST:PORT] (or EMOSTREAM_KAFKA): the distributed stages run over Apache Kafka; for a local broker try `scripts/kafka start`");
+        const KAFKA: (&str, &str) = (
+            "--kafka",
+            "HOST:PORT[,HOST:PORT] (or EMOSTREAM_KAFKA): the distributed stages run over Apache Kafka; for a local broker try `scripts/kafka start`",
+        );
         let kafka = |k: &KafkaArgs| k.kafka.is_none().then_some(KAFKA);
         match self {
             Command::Ingest(a) => kafka(&a.kafka),
             Command::Aggregate(a) => kafka(&a.kafka),
             Command::Publish(a) => kafka(&a.kafka),
-            Command::Cluster(a) => a.id.is_none().then_some(("--id", "N (or EMOSTREAM_ID): which cluster this publisher forwards to")).or_else(|| kafka(&a.kafka)),
+            Command::Cluster(a) => {
+                a.id.is_none()
+                    .then_some(("--id", "N (or EMOSTREAM_ID): which cluster this publisher forwards to"))
+                    .or_else(|| kafka(&a.kafka))
+            }
             Command::Subscriber(a) => a
                 .cluster
                 .is_none()

@@ -174,7 +174,14 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
-async fn send_loop(http: reqwest::Client, ingest: String, client_id: String, rate: f64, emojis: Vec<String>, stop: CancellationToken) -> (u64, u64) {
+async fn send_loop(
+    http: reqwest::Client,
+    ingest: String,
+    client_id: String,
+    rate: f64,
+    emojis: Vec<String>,
+    stop: CancellationToken,
+) -> (u64, u64) {
     let (mut sent, mut refused) = (0, 0);
     if rate <= 0.0 || emojis.is_empty() {
         stop.cancelled().await;

@@ -106,7 +106,12 @@ pub async fn connect(args: &KafkaArgs) -> anyhow::Result<Arc<dyn Log>> {
 async fn ensure(log: &dyn Log, partitions: u32, extra: Option<String>) -> Result<u32, LogError> {
     let actual = topology::ensure_topics(log, partitions, 0).await?;
     if actual != partitions {
-        tracing::warn!(topic = topics::EVENTS, partitions = actual, requested = partitions, "the topic exists with another partition count; using it (--partitions only applies when creating it)");
+        tracing::warn!(
+            topic = topics::EVENTS,
+            partitions = actual,
+            requested = partitions,
+            "the topic exists with another partition count; using it (--partitions only applies when creating it)"
+        );
     }
     if let Some(t) = extra {
         log.ensure_topic(&t, 1, false).await?;
@@ -154,7 +159,11 @@ pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, 
     sup.spawn("ingest-http", |stop| http::serve_http1(listener, app, stop));
     sup.step();
     sup.spawn("ingest-batcher", |stop| batcher.run(stop));
-    let ready = format!("ingest listening on http://{addr}: POST /emoji, POST /emojis → {} ({partitions} partitions) on {}", topics::EVENTS, log.describe());
+    let ready = format!(
+        "ingest listening on http://{addr}: POST /emoji, POST /emojis → {} ({partitions} partitions) on {}",
+        topics::EVENTS,
+        log.describe()
+    );
     Ok(Started { addr: Some(addr), ready, supervisor: sup })
 }
 

@@ -22,7 +22,7 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
         }
         lim = raised;
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft limit on open files to the hard limit.

@@ -219,7 +219,9 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     // Step 2..: the aggregation chain. Consumers are created before the first event can arrive.
     sup.step();
     let l = log.clone();
-    sup.spawn("aggregate", move |stop| aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, transactional_id: None }, stop));
+    sup.spawn("aggregate", move |stop| {
+        aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, transactional_id: None }, stop)
+    });
     sup.step();
     let l = log.clone();
     let publish_config = publish::PublishConfig {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use emostream::client::Transport;
 use emostream::core::emoji::EmojiSet;
 use emostream::core::emotion::{EmotionMap, TrendConfig};
 use emostream::core::scale::ScaleRule;
@@ -20,7 +21,6 @@ use emostream::http::ingest::IngestLimits;
 use emostream::log::Log;
 use emostream::log::memory::MemoryLog;
 use emostream::stages::ingest::{AckMode, IngestConfig};
-use emostream::client::Transport;
 use emostream::stages::{aggregate, publish};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,13 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
         IngestStage {
             addr: any_port(),
             emojis: EmojiSet::default(),
-            config: IngestConfig { linger: Duration::from_millis(10), batch: 20_000, buffer: 1_000_000, ack: AckMode::Fast, partitions: PARTITIONS },
+            config: IngestConfig {
+                linger: Duration::from_millis(10),
+                batch: 20_000,
+                buffer: 1_000_000,
+                ack: AckMode::Fast,
+                partitions: PARTITIONS,
+            },
             limits: IngestLimits { max_body: 64 * 1024, max_batch_body: 4 << 20 },
         },
     )

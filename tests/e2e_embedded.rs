@@ -107,7 +107,11 @@ async fn every_acked_emoji_is_counted_once_and_every_client_sees_the_same_window
     for (name, (_, h)) in clients {
         let windows = tokio::time::timeout(Duration::from_secs(10), h).await.expect("stream ends after shutdown").unwrap();
         assert_consecutive(&windows, 500, name);
-        assert_eq!(totals(&windows).into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>(), acked, "{name}: counts over its windows equal what was acked");
+        assert_eq!(
+            totals(&windows).into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>(),
+            acked,
+            "{name}: counts over its windows equal what was acked"
+        );
         for w in &windows {
             let sum: u64 = w["swarm"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
             if w["total"].as_u64().unwrap() > 0 {
@@ -186,7 +190,9 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(s, 413, "{v}");
     assert!(v["error"].as_str().unwrap().contains("10000"));
     // The API refuses bad subscriptions and queries the same way.
-    for body in [json!({"client_id": "c", "subscription_key": "47"}), json!({"subscription_key": "11"}), json!({"client_id": "c", "cluster_id": 1})] {
+    for body in
+        [json!({"client_id": "c", "subscription_key": "47"}), json!({"subscription_key": "11"}), json!({"client_id": "c", "cluster_id": 1})]
+    {
         let (s, v) = post_json(&format!("{api}/subscribe"), &body).await;
         assert_eq!(s, 400, "{body}: {v}");
         assert!(v["error"].is_string());

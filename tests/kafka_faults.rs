@@ -14,7 +14,9 @@ use distributed::*;
 use serde_json::{Value, json};
 
 /// Sends batches of `n` emojis to `url` until `stop`, tallying every 200.
-fn keep_sending(url: String, n: usize, every: Duration) -> (Arc<Mutex<BTreeMap<String, u64>>>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<u64>) {
+type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
+
+fn keep_sending(url: String, n: usize, every: Duration) -> (Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<u64>) {
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = tokio_util::sync::CancellationToken::new();
     let (a, s) = (acked.clone(), stop.clone());
@@ -98,9 +100,11 @@ async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_ingest_killed_right_after_answering_loses_no_acked_emoji() {
-    let mut topo =
-        Topology::start("durable", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "durable" })
-            .await;
+    let mut topo = Topology::start(
+        "durable",
+        Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "durable" },
+    )
+    .await;
     let sub = topo.subscribe(json!({"client_id": "viewer", "subscription_key": "11"})).await;
     let viewers = vec![Viewer::ws("viewer", sub["ws_url"].as_str().unwrap().to_owned())];
     wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
@@ -162,13 +166,17 @@ async fn durable_ingest_killed_right_after_answering_loses_no_acked_emoji() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
-    let mut topo =
-        Topology::start("subkill", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "fast" })
-            .await;
+    let mut topo = Topology::start(
+        "subkill",
+        Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "fast" },
+    )
+    .await;
     let a = topo.subscribe(json!({"client_id": "sse-viewer", "subscription_key": "11"})).await;
     let b = topo.subscribe(json!({"client_id": "ws-viewer", "cluster_id": 1, "subscriber_id": 1})).await;
-    let viewers =
-        vec![Viewer::sse("sse-viewer", a["stream_url"].as_str().unwrap().to_owned()), Viewer::ws("ws-viewer", b["ws_url"].as_str().unwrap().to_owned())];
+    let viewers = vec![
+        Viewer::sse("sse-viewer", a["stream_url"].as_str().unwrap().to_owned()),
+        Viewer::ws("ws-viewer", b["ws_url"].as_str().unwrap().to_owned()),
+    ];
     wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
 
     let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50));

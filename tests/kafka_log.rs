@@ -124,10 +124,13 @@ async fn a_commit_writes_outputs_and_positions_with_checkpoints_together() {
         let (records, _) = read_until(&mut *c, 6, Duration::from_secs(20)).await;
         assert_eq!(records.len(), 6);
         // Commit having processed only partition 0's first two records and partition 1's first one.
-        c.commit(vec![out("out", 0, "result")], vec![
-            Position { partition: 0, offset: 2, checkpoint: Some("{\"closed\":7}".into()) },
-            Position { partition: 1, offset: 1, checkpoint: None },
-        ])
+        c.commit(
+            vec![out("out", 0, "result")],
+            vec![
+                Position { partition: 0, offset: 2, checkpoint: Some("{\"closed\":7}".into()) },
+                Position { partition: 1, offset: 1, checkpoint: None },
+            ],
+        )
         .await
         .unwrap();
     }

@@ -56,9 +56,27 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
     let dir = std::env::temp_dir().join(format!("emostream-outage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let args: Vec<String> = [
-        "up", "--kafka", &addr, "--namespace", "outage", "--window", "1s", "--grace", "200ms", "--partitions", "2",
-        "--clusters", "1", "--subscribers", "1", "--ingest-addr", &format!("127.0.0.1:{ingest_port}"),
-        "--api-addr", &format!("127.0.0.1:{api_port}"), "--buffer", "5000",
+        "up",
+        "--kafka",
+        &addr,
+        "--namespace",
+        "outage",
+        "--window",
+        "1s",
+        "--grace",
+        "200ms",
+        "--partitions",
+        "2",
+        "--clusters",
+        "1",
+        "--subscribers",
+        "1",
+        "--ingest-addr",
+        &format!("127.0.0.1:{ingest_port}"),
+        "--api-addr",
+        &format!("127.0.0.1:{api_port}"),
+        "--buffer",
+        "5000",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -71,7 +89,15 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
         assert!(Instant::now() < deadline, "emostream up --kafka did not start; log:\n{}", tail(&up.log));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let sub: Value = reqwest::Client::new().post(format!("{api}/subscribe")).json(&json!({"client_id": "v"})).send().await.unwrap().json().await.unwrap();
+    let sub: Value = reqwest::Client::new()
+        .post(format!("{api}/subscribe"))
+        .json(&json!({"client_id": "v"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let viewer = Viewer::sse("v", sub["stream_url"].as_str().unwrap().to_owned());
     let deadline = Instant::now() + Duration::from_secs(60);
     while viewer.count() < 2 {

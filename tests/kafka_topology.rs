@@ -14,16 +14,9 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eighteen_processes_count_exactly_and_every_viewer_sees_the_same_windows() {
-    let mut topo = Topology::start("topo", Shape {
-        ingest: 2,
-        aggregate: 2,
-        clusters: 3,
-        subscribers: 3,
-        partitions: 6,
-        window: "1s",
-        ack: "fast",
-    })
-    .await;
+    let mut topo =
+        Topology::start("topo", Shape { ingest: 2, aggregate: 2, clusters: 3, subscribers: 3, partitions: 6, window: "1s", ack: "fast" })
+            .await;
     assert_eq!(topo.procs.len(), 18);
 
     // One viewer on every subscriber, placed by key and by ids, half over SSE and half over WebSocket.
@@ -68,7 +61,8 @@ async fn eighteen_processes_count_exactly_and_every_viewer_sees_the_same_windows
     assert_identical(&viewers);
 
     // The registry's history agrees with what viewers saw.
-    let windows: serde_json::Value = reqwest::get(format!("{}/windows?limit=100000", topo.registry_url)).await.unwrap().json().await.unwrap();
+    let windows: serde_json::Value =
+        reqwest::get(format!("{}/windows?limit=100000", topo.registry_url)).await.unwrap().json().await.unwrap();
     let history = windows["windows"].as_array().cloned().expect("windows");
     assert_eq!(totals(&history), acked, "GET /windows at the registry");
     emotions::assert_recomputed(&history, "kafka mode");

@@ -55,14 +55,16 @@ async fn an_unknown_sender_makes_the_count_check_fail() {
         async move {
             let http = reqwest::Client::new();
             while !stop.is_cancelled() {
-                let _ = http.post(format!("{ingest}/emoji")).json(&serde_json::json!({"emoji": "😂", "client_id": "intruder"})).send().await;
+                let _ =
+                    http.post(format!("{ingest}/emoji")).json(&serde_json::json!({"emoji": "😂", "client_id": "intruder"})).send().await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
-    let out = tokio::task::spawn_blocking(move || load(&ingest, &api, &["--clients", "3", "--senders", "1", "--rate", "20", "--duration", "1s"]))
-    .await
-    .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || load(&ingest, &api, &["--clients", "3", "--senders", "1", "--rate", "20", "--duration", "1s"]))
+            .await
+            .unwrap();
     stop.cancel();
     intruder.await.unwrap();
     let v = json(&out);

@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 /// The reactions shown when no `--emojis` is given: the original client's 😀 😂 😍 👍 and the usual
 /// reactions of a live match.
-pub const DEFAULT_EMOJIS: &[&str] = &[
-    "😀", "😂", "😍", "👍", "❤️", "🔥", "👏", "🎉", "😮", "😱", "😢", "😡", "👎", "🙏", "💯", "🤔",
-];
+pub const DEFAULT_EMOJIS: &[&str] = &["😀", "😂", "😍", "👍", "❤️", "🔥", "👏", "🎉", "😮", "😱", "😢", "😡", "👎", "🙏", "💯", "🤔"];
 
 /// Longest emoji accepted, in bytes: family and flag sequences fit; anything longer is not one emoji.
 const MAX_EMOJI_BYTES: usize = 64;

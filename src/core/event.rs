@@ -263,11 +263,7 @@ pub fn parse_event<'a>(json: &'a [u8], set: &EmojiSet) -> Result<Event<'a>, Even
 ///
 /// # Errors
 /// Only when the body as a whole is not a JSON array; bad items come back as `Err` in the vector.
-pub fn parse_event_array<'a>(
-    json: &'a [u8],
-    set: &EmojiSet,
-    max_items: usize,
-) -> Result<Vec<Result<Event<'a>, EventError>>, BatchError> {
+pub fn parse_event_array<'a>(json: &'a [u8], set: &EmojiSet, max_items: usize) -> Result<Vec<Result<Event<'a>, EventError>>, BatchError> {
     struct Items<'s>(&'s EmojiSet, usize);
     impl<'de> de::DeserializeSeed<'de> for Items<'_> {
         type Value = Vec<Result<Event<'de>, EventError>>;
@@ -292,15 +288,9 @@ pub fn parse_event_array<'a>(
         }
     }
     let mut de = serde_json::Deserializer::from_slice(json);
-    let items = de::DeserializeSeed::deserialize(Items(set, max_items), &mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| {
-            if e.to_string().starts_with("more than") {
-                BatchError::TooMany(max_items)
-            } else {
-                BatchError::Json(e.to_string())
-            }
-        })?;
+    let items = de::DeserializeSeed::deserialize(Items(set, max_items), &mut de).and_then(|v| de.end().map(|()| v)).map_err(|e| {
+        if e.to_string().starts_with("more than") { BatchError::TooMany(max_items) } else { BatchError::Json(e.to_string()) }
+    })?;
     Ok(items)
 }
 
@@ -309,11 +299,7 @@ pub fn parse_event_array<'a>(
 ///
 /// # Errors
 /// When the batch holds more than `max_items` events.
-pub fn parse_event_ndjson<'a>(
-    body: &'a [u8],
-    set: &EmojiSet,
-    max_items: usize,
-) -> Result<Vec<Result<Event<'a>, EventError>>, BatchError> {
+pub fn parse_event_ndjson<'a>(body: &'a [u8], set: &EmojiSet, max_items: usize) -> Result<Vec<Result<Event<'a>, EventError>>, BatchError> {
     let mut out = Vec::new();
     for line in body.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -356,11 +342,10 @@ fn validate<'a>(raw: RawEvent<'a>, set: &EmojiSet) -> Result<Event<'a>, EventErr
     if let Some(t) = raw.not_object {
         return Err(EventError::NotAnObject(t));
     }
-    let (emoji, emoji_field) = one_of(raw.emoji, "emoji", raw.emoji_type, "emoji_type", EventError::BothEmojiFields)?
-        .ok_or(EventError::MissingEmoji)?;
+    let (emoji, emoji_field) =
+        one_of(raw.emoji, "emoji", raw.emoji_type, "emoji_type", EventError::BothEmojiFields)?.ok_or(EventError::MissingEmoji)?;
     let (client, client_field) =
-        one_of(raw.client_id, "client_id", raw.user_id, "user_id", EventError::BothClientFields)?
-            .ok_or(EventError::MissingClientId)?;
+        one_of(raw.client_id, "client_id", raw.user_id, "user_id", EventError::BothClientFields)?.ok_or(EventError::MissingClientId)?;
     let emoji = match emoji {
         Field::Str(s) => set.lookup(&s).ok_or_else(|| EventError::UnknownEmoji(truncate(&s, 80)))?,
         other => return Err(wrong_type(emoji_field, "a string", &other)),
@@ -408,9 +393,7 @@ fn parse_timestamp(f: Field<'_>) -> Result<i64, EventError> {
             });
         }
         Field::Other(t) => {
-            return Err(EventError::BadTimestamp(format!(
-                "must be epoch seconds, epoch milliseconds or an RFC 3339 string, got {t}"
-            )));
+            return Err(EventError::BadTimestamp(format!("must be epoch seconds, epoch milliseconds or an RFC 3339 string, got {t}")));
         }
     };
     ms.filter(|ms| *ms >= 0).ok_or_else(|| EventError::BadTimestamp("is out of range".into()))
@@ -421,9 +404,7 @@ fn parse_time_string(s: &str) -> Option<i64> {
         return Some(t.timestamp_millis());
     }
     // Python's `datetime.now().isoformat()` (the original client) has no offset: read it as UTC.
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc().timestamp_millis())
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis())
 }
 
 #[cfg(test)]
@@ -440,8 +421,7 @@ mod tests {
         let a = parse_event(br#"{"emoji":"\u00f0","client_id":"c1"}"#, &s);
         assert!(matches!(a, Err(EventError::UnknownEmoji(_))));
         let a = parse_event(r#"{"emoji":"😂","client_id":"c1"}"#.as_bytes(), &s).unwrap();
-        let b = parse_event(r#"{"emoji_type":"😂","user_id":"c1","timestamp":"2024-11-20T10:15:00Z"}"#.as_bytes(), &s)
-            .unwrap();
+        let b = parse_event(r#"{"emoji_type":"😂","user_id":"c1","timestamp":"2024-11-20T10:15:00Z"}"#.as_bytes(), &s).unwrap();
         assert_eq!(a.emoji, b.emoji);
         assert_eq!(b.client_ts_ms, Some(1_732_097_700_000));
     }
@@ -449,9 +429,8 @@ mod tests {
     #[test]
     fn timestamps_in_every_accepted_form() {
         let s = set();
-        let ev = |ts: &str| {
-            parse_event(format!(r#"{{"emoji":"😀","client_id":"c","timestamp":{ts}}}"#).as_bytes(), &s).map(|e| e.client_ts_ms)
-        };
+        let ev =
+            |ts: &str| parse_event(format!(r#"{{"emoji":"😀","client_id":"c","timestamp":{ts}}}"#).as_bytes(), &s).map(|e| e.client_ts_ms);
         assert_eq!(ev("1700000000").unwrap(), Some(1_700_000_000_000));
         assert_eq!(ev("1700000000.5").unwrap(), Some(1_700_000_000_500));
         assert_eq!(ev("1700000000123").unwrap(), Some(1_700_000_000_123));
@@ -487,12 +466,7 @@ mod tests {
     #[test]
     fn arrays_and_ndjson_judge_each_item() {
         let s = set();
-        let items = parse_event_array(
-            r#"[{"emoji":"😀","client_id":"a"},{"emoji":"x","client_id":"a"},3]"#.as_bytes(),
-            &s,
-            10,
-        )
-        .unwrap();
+        let items = parse_event_array(r#"[{"emoji":"😀","client_id":"a"},{"emoji":"x","client_id":"a"},3]"#.as_bytes(), &s, 10).unwrap();
         assert_eq!(items.len(), 3);
         assert!(items[0].is_ok() && items[1].is_err() && items[2].is_err());
         let nd = parse_event_ndjson("{\"emoji\":\"😀\",\"client_id\":\"a\"}\n\n{oops\n".as_bytes(), &s, 10).unwrap();

@@ -70,11 +70,7 @@ fn normalize(counts: &Counts, n: u64) -> Counts {
     if total == 0 {
         return Counts::new();
     }
-    counts
-        .iter()
-        .filter(|(_, c)| **c > 0)
-        .map(|(e, &c)| (e.clone(), div_ceil(u128::from(c) * u128::from(n), total)))
-        .collect()
+    counts.iter().filter(|(_, c)| **c > 0).map(|(e, &c)| (e.clone(), div_ceil(u128::from(c) * u128::from(n), total))).collect()
 }
 
 impl ScaleRule {
@@ -82,16 +78,13 @@ impl ScaleRule {
     pub fn apply(&self, counts: &Counts) -> Counts {
         match *self {
             Self::Normalize(n) => normalize(counts, n),
-            Self::Per(k) => counts
-                .iter()
-                .filter(|(_, c)| **c > 0)
-                .map(|(e, &c)| (e.clone(), div_ceil(u128::from(c), u128::from(k))))
-                .collect(),
+            Self::Per(k) => {
+                counts.iter().filter(|(_, c)| **c > 0).map(|(e, &c)| (e.clone(), div_ceil(u128::from(c), u128::from(k)))).collect()
+            }
             Self::Top(n) => {
                 let mut ranked: Vec<(&String, &u64)> = counts.iter().filter(|(_, c)| **c > 0).collect();
                 ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-                let top: Counts =
-                    ranked.into_iter().take(usize::try_from(n).unwrap_or(usize::MAX)).map(|(e, c)| (e.clone(), *c)).collect();
+                let top: Counts = ranked.into_iter().take(usize::try_from(n).unwrap_or(usize::MAX)).map(|(e, c)| (e.clone(), *c)).collect();
                 normalize(&top, n)
             }
         }

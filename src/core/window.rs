@@ -97,8 +97,7 @@ impl WindowAggregator {
     /// Counts `n` of `emoji` received at `ts_ms`.
     pub fn record(&mut self, ts_ms: i64, emoji: &str, n: u64) -> Placement {
         let own = self.spec.start_of(ts_ms);
-        let (start, placement) =
-            if own < self.next_to_close { (self.next_to_close, Placement::Late) } else { (own, Placement::OnTime) };
+        let (start, placement) = if own < self.next_to_close { (self.next_to_close, Placement::Late) } else { (own, Placement::OnTime) };
         let (counts, late) = self.open.entry(start).or_default();
         match counts.get_mut(emoji) {
             Some(c) => *c += n,

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -101,7 +101,9 @@ impl Id {
     fn get(&self, field: &str) -> Result<u32, ApiError> {
         match self {
             Id::Num(n) => Ok(*n),
-            Id::Text(s) => s.trim().parse().map_err(|_| ApiError::bad_request(format!("field `{field}` must be a positive integer, got {s:?}"))),
+            Id::Text(s) => {
+                s.trim().parse().map_err(|_| ApiError::bad_request(format!("field `{field}` must be a positive integer, got {s:?}")))
+            }
         }
     }
 }
@@ -272,7 +274,10 @@ fn query_int(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
 /// Default number of windows `GET /windows` returns.
 const DEFAULT_WINDOWS: i64 = 100;
 
-async fn windows(State(s): State<ApiState>, q: Result<Query<WindowsQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+async fn windows(
+    State(s): State<ApiState>,
+    q: Result<Query<WindowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = query_int("limit", q.limit.as_deref())?.unwrap_or(DEFAULT_WINDOWS);
     if limit < 1 {
@@ -338,7 +343,10 @@ mod tests {
 
     #[test]
     fn urls_are_absolute_at_the_base() {
-        assert_eq!(urls("http://10.0.0.7:5101/", "c 1"), ("http://10.0.0.7:5101/stream/c%201".into(), "ws://10.0.0.7:5101/ws/c%201".into()));
+        assert_eq!(
+            urls("http://10.0.0.7:5101/", "c 1"),
+            ("http://10.0.0.7:5101/stream/c%201".into(), "ws://10.0.0.7:5101/ws/c%201".into())
+        );
         assert_eq!(urls("https://live.example", "c1").1, "wss://live.example/ws/c1");
     }
 }

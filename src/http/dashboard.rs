@@ -1,8 +1,8 @@
 //! The live dashboard at `GET /`, served from files built into the binary (no CDN, no network).
 
+use axum::Router;
 use axum::http::header;
 use axum::routing::get;
-use axum::Router;
 
 use super::api::ApiState;
 
@@ -16,4 +16,3 @@ pub fn routes() -> Router<ApiState> {
         .route("/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }))
         .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
 }
-

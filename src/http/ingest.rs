@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use bytes::Bytes;
 use metrics::Counter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -91,6 +91,7 @@ pub struct IngestState {
     pub prometheus: PrometheusHandle,
     accepted: Counter,
     rejected: Arc<Rejected>,
+    limits: IngestLimits,
 }
 
 impl IngestState {
@@ -101,19 +102,22 @@ impl IngestState {
             prometheus,
             accepted: metrics::counter!(telemetry::EVENTS_ACCEPTED),
             rejected: Arc::new(Rejected::new()),
+            limits: IngestLimits::default(),
         }
     }
 }
 
 /// The ingest router.
-pub fn app(state: IngestState, limits: IngestLimits) -> Router {
+pub fn app(mut state: IngestState, limits: IngestLimits) -> Router {
+    state.limits = limits;
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods([axum::http::Method::POST, axum::http::Method::GET])
         .allow_headers([header::CONTENT_TYPE]);
     Router::new()
-        .route("/emoji", post(post_emoji).layer(DefaultBodyLimit::max(limits.max_body)))
-        .route("/emojis", post(post_emojis).layer(DefaultBodyLimit::max(limits.max_batch_body)))
+        // Bodies are read with each route's own limit (below): no per-request limit layer.
+        .route("/emoji", post(post_emoji))
+        .route("/emojis", post(post_emojis))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -125,13 +129,28 @@ pub fn app(state: IngestState, limits: IngestLimits) -> Router {
 
 const RECEIVED: &str = r#"{"message":"Emoji received"}"#;
 
-async fn post_emoji(State(s): State<Arc<IngestState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => {
+/// Reads a body of at most `limit` bytes: 413 over it, 400 when it cannot be read.
+async fn read_body(s: &IngestState, body: Body, limit: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e).is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+        if over {
             s.rejected.too_large.increment(1);
-            return ApiError::from(r).into_response();
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over the size limit of {limit} bytes (see --max-body / --max-batch-body)"),
+            )
+            .into_response()
+        } else {
+            s.rejected.malformed.increment(1);
+            ApiError::bad_request(format!("could not read the request body: {e}")).into_response()
         }
+    })
+}
+
+async fn post_emoji(State(s): State<Arc<IngestState>>, body: Body) -> Response {
+    let body = match read_body(&s, body, s.limits.max_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let event = match parse_event(&body, &s.set) {
         Ok(e) => e,
@@ -169,23 +188,17 @@ struct BatchAnswer {
 /// Most item errors listed in one answer; `rejected` still counts them all.
 const MAX_LISTED_ERRORS: usize = 100;
 
-async fn post_emojis(State(s): State<Arc<IngestState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+async fn post_emojis(State(s): State<Arc<IngestState>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&s, body, s.limits.max_batch_body).await {
         Ok(b) => b,
-        Err(r) => {
-            s.rejected.too_large.increment(1);
-            return ApiError::from(r).into_response();
-        }
+        Err(r) => return r,
     };
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson") || v.starts_with("application/jsonl"));
-    let parsed = if ndjson {
-        parse_event_ndjson(&body, &s.set, MAX_BATCH_EVENTS)
-    } else {
-        parse_event_array(&body, &s.set, MAX_BATCH_EVENTS)
-    };
+    let parsed =
+        if ndjson { parse_event_ndjson(&body, &s.set, MAX_BATCH_EVENTS) } else { parse_event_array(&body, &s.set, MAX_BATCH_EVENTS) };
     let items = match parsed {
         Ok(items) => items,
         Err(e) => {

@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// When the address is taken or not allowed.
 pub async fn bind(addr: SocketAddr, flag: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({flag}): {e}; is another emostream running? pick another address with {flag}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} ({flag}): {e}; is another emostream running? pick another address with {flag}"),
+        )
     })
 }
 

@@ -112,14 +112,19 @@ pub struct StreamQuery {
 fn resume_after(query: &StreamQuery, headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let (name, value) = match (&query.after, headers.get("last-event-id")) {
         (Some(a), _) => ("query parameter `after`", a.as_str()),
-        (None, Some(h)) => ("header `Last-Event-ID`", h.to_str().map_err(|_| ApiError::bad_request("header `Last-Event-ID` must be a window_start"))?),
+        (None, Some(h)) => {
+            ("header `Last-Event-ID`", h.to_str().map_err(|_| ApiError::bad_request("header `Last-Event-ID` must be a window_start"))?)
+        }
         (None, None) => return Ok(None),
     };
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
     }
-    value.parse::<i64>().map(Some).map_err(|_| ApiError::bad_request(format!("{name} must be a window_start (ms since the epoch), got {value:?}")))
+    value
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{name} must be a window_start (ms since the epoch), got {value:?}")))
 }
 
 async fn open(state: &ApiState, client_id: &str, after: Option<i64>) -> Result<Conn, ApiError> {
@@ -150,8 +155,11 @@ async fn open(state: &ApiState, client_id: &str, after: Option<i64>) -> Result<C
 
 /// A client asking the wrong subscriber: 409, with where it should connect when that is known.
 fn misdirected(state: &ApiState, client_id: &str, slot: Slot) -> ApiError {
-    let e = ApiError::new(StatusCode::CONFLICT, format!("client {client_id:?} is on subscriber {} which this process does not serve", slot.key()))
-        .with_field("subscription_key", slot.key());
+    let e = ApiError::new(
+        StatusCode::CONFLICT,
+        format!("client {client_id:?} is on subscriber {} which this process does not serve", slot.key()),
+    )
+    .with_field("subscription_key", slot.key());
     match state.registry.url(slot) {
         Some(base) => {
             let (stream_url, ws_url) = super::api::urls(&base, client_id);

@@ -92,9 +92,8 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     }
 
     // Phase 1: viewers subscribe, then connect.
-    let ids: Vec<String> = (0..args.clients.max(if args.clients == 0 { args.senders } else { 0 }))
-        .map(|i| format!("load-{run_id}-{i}"))
-        .collect();
+    let ids: Vec<String> =
+        (0..args.clients.max(if args.clients == 0 { args.senders } else { 0 })).map(|i| format!("load-{run_id}-{i}")).collect();
     let shared = Arc::new(Shared::default());
     let stop_viewers = CancellationToken::new();
     let mut handles = Vec::with_capacity(args.clients);
@@ -109,14 +108,17 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                 body["subscriber_id"] = (i as u32 % stats.subscribers.max(1) + 1).into();
             }
             async move {
-                let r = http.post(format!("{api}/subscribe")).json(&body).send().await.with_context(|| {
-                    format!("cannot reach the API at {api} (is `emostream up` running? see --api)")
-                })?;
+                let r = http
+                    .post(format!("{api}/subscribe"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the API at {api} (is `emostream up` running? see --api)"))?;
                 if !r.status().is_success() {
                     let status = r.status();
                     bail!("POST /subscribe refused ({status}): {}", r.text().await.unwrap_or_default());
                 }
-                Ok::<_, anyhow::Error>(r.json::<Subscribed>().await.context("unexpected answer to POST /subscribe")?)
+                r.json::<Subscribed>().await.context("unexpected answer to POST /subscribe")
             }
         }))
         .buffered(32)
@@ -213,9 +215,8 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             window_ms,
             seed,
         });
-        let conns: Vec<_> = (0..args.connections)
-            .map(|i| tokio::spawn(senders::run_connection(plan.clone(), i, started, live.clone())))
-            .collect();
+        let conns: Vec<_> =
+            (0..args.connections).map(|i| tokio::spawn(senders::run_connection(plan.clone(), i, started, live.clone()))).collect();
         for c in conns {
             result.merge(c.await.context("a sender task failed")?);
         }
@@ -280,7 +281,12 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         wend,
         baseline,
         send_secs,
-        phase: Phase { server_cpu_s: server_cpu, load_cpu_s: load_cpu, server_rss_idle_kib: server_rss_idle, server_rss_connected_kib: server_rss_connected },
+        phase: Phase {
+            server_cpu_s: server_cpu,
+            load_cpu_s: load_cpu,
+            server_rss_idle_kib: server_rss_idle,
+            server_rss_connected_kib: server_rss_connected,
+        },
         timeline,
         counts_checked: count_check && args.clients > 0,
     });

@@ -255,10 +255,8 @@ impl Summary {
             let p = percentiles(&h);
             (self.delivery_p50_ms, self.delivery_p90_ms, self.delivery_p99_ms, self.delivery_max_ms, self.delivery_samples) =
                 (p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.samples);
-            self.delivery_distribution = h
-                .iter_quantiles(1)
-                .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to() as f64 / 1000.0))
-                .collect();
+            self.delivery_distribution =
+                h.iter_quantiles(1).map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to() as f64 / 1000.0)).collect();
             self.delivery_hist = Some(h);
         }
 
@@ -300,12 +298,21 @@ impl Summary {
         for p in &self.problems {
             println!("  ✗ {p}");
         }
-        println!("  {:<34} {}", "viewers connected", format!("{}/{} ({}, {:.1} s to connect)", self.clients_connected, self.clients, self.transport, self.connect_s));
-        println!("  {:<34} {}", "senders", format!("{} at {}/s, batch {}, {} conns x {} in flight", self.senders, self.rate, self.batch, self.connections, self.concurrency));
+        println!(
+            "  {:<34} {}/{} ({}, {:.1} s to connect)",
+            "viewers connected", self.clients_connected, self.clients, self.transport, self.connect_s
+        );
+        println!(
+            "  {:<34} {} at {}/s, batch {}, {} conns x {} in flight",
+            "senders", self.senders, self.rate, self.batch, self.connections, self.concurrency
+        );
         println!("  {:<34} {:.0} req/s, {:.0} emojis/s over {:.2} s", "accepted", self.requests_per_s, self.emojis_per_s, self.send_s);
         println!("  {:<34} {} emojis in {} requests", "acked with 200", self.accepted, self.requests_ok);
         if self.counts_checked {
-            println!("  {:<34} {} (windows {}..={}, {} windows; baseline before W0: {})", "counted", self.counted, self.w0, self.wend, self.windows, self.baseline_total);
+            println!(
+                "  {:<34} {} (windows {}..={}, {} windows; baseline before W0: {})",
+                "counted", self.counted, self.w0, self.wend, self.windows, self.baseline_total
+            );
         } else {
             println!("  {:<34} {} (not compared)", "counted", self.counted);
         }
@@ -315,7 +322,12 @@ impl Summary {
         if self.delivery_samples > 0 {
             println!(
                 "  {:<34} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries)",
-                "window close → delivery", self.delivery_p50_ms, self.delivery_p90_ms, self.delivery_p99_ms, self.delivery_max_ms, self.delivery_samples
+                "window close → delivery",
+                self.delivery_p50_ms,
+                self.delivery_p90_ms,
+                self.delivery_p99_ms,
+                self.delivery_max_ms,
+                self.delivery_samples
             );
         }
         if self.send_to_window_p50_ms > 0.0 {
@@ -325,7 +337,13 @@ impl Summary {
             );
         }
         if let (Some(l), Some(s)) = (self.load_cpu_s, self.server_cpu_s) {
-            println!("  {:<34} load {:.1} s ({:.0}% of the machine), server {:.1} s", "CPU while sending", l, self.load_cpu_share.unwrap_or(0.0) * 100.0, s);
+            println!(
+                "  {:<34} load {:.1} s ({:.0}% of the machine), server {:.1} s",
+                "CPU while sending",
+                l,
+                self.load_cpu_share.unwrap_or(0.0) * 100.0,
+                s
+            );
         } else if let Some(l) = self.load_cpu_s {
             println!("  {:<34} load {:.1} s ({:.0}% of the machine)", "CPU while sending", l, self.load_cpu_share.unwrap_or(0.0) * 100.0);
         }

@@ -232,7 +232,9 @@ async fn ws(
         match msg {
             Some(Ok(Message::Text(t))) => on_message(t.as_bytes(), log, shared),
             Some(Ok(Message::Binary(b))) => on_message(b.chunk(), log, shared),
-            Some(Ok(Message::Close(c))) => break Err(format!("the server closed the WebSocket: {}", c.map(|c| c.reason.to_string()).unwrap_or_default())),
+            Some(Ok(Message::Close(c))) => {
+                break Err(format!("the server closed the WebSocket: {}", c.map(|c| c.reason.to_string()).unwrap_or_default()));
+            }
             Some(Ok(_)) => {}
             Some(Err(e)) => break Err(format!("WebSocket failed: {e}")),
             None => break Err("the WebSocket ended".to_string()),

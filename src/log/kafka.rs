@@ -188,7 +188,11 @@ impl rdkafka::producer::ProducerContext for Quiet {
 impl ClientContext for Quiet {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
                 self.report(&format!("{fac}: {message}"));
             }
             _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
@@ -370,9 +374,8 @@ impl Ctx {
             let (offset, checkpoint) = match found {
                 Some(f) => f,
                 None => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT)
-                        .map_err(|e| other("reading partition bounds", e))?;
+                    let (low, high) =
+                        consumer.fetch_watermarks(&self.topic, p as i32, CALL_TIMEOUT).map_err(|e| other("reading partition bounds", e))?;
                     let (low, high) = (low.max(0) as u64, high.max(0) as u64);
                     let o = match self.start {
                         StartAt::Earliest => low,
@@ -475,7 +478,10 @@ impl KafkaConsumer {
         let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default(), quiet: Quiet::new(&log.brokers) };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
         let producer = if grouped {
-            let txid = namespaced(ns, &config.transactional_id.clone().unwrap_or_else(|| format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader"))));
+            let txid = namespaced(
+                ns,
+                &config.transactional_id.clone().unwrap_or_else(|| format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader"))),
+            );
             let mut pc = base_client_config(log);
             pc.set("transactional.id", &txid)
                 .set("enable.idempotence", "true")
@@ -510,10 +516,8 @@ impl KafkaConsumer {
 
 fn tx_error(e: &KafkaError, what: &str) -> LogError {
     if let KafkaError::Transaction(t) = e {
-        let fenced_code = matches!(
-            t.code(),
-            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
-        );
+        let fenced_code =
+            matches!(t.code(), RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch);
         if fenced_code || t.is_fatal() {
             return LogError::Fenced(format!("{what}: {t}"));
         }

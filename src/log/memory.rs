@@ -78,12 +78,7 @@ impl MemoryLog {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
-        self.topics
-            .read()
-            .expect("memory log lock poisoned")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| LogError::NoSuchTopic(name.to_string()))
+        self.topics.read().expect("memory log lock poisoned").get(name).cloned().ok_or_else(|| LogError::NoSuchTopic(name.to_string()))
     }
 
     fn append_sync(&self, outputs: Vec<Output>) -> Result<(), LogError> {
@@ -96,10 +91,7 @@ impl MemoryLog {
                 (None, Some(k)) => (fnv1a(k) % n as u64) as usize,
                 (None, None) => topic.next.fetch_add(1, Ordering::Relaxed) % n,
             };
-            let part = topic
-                .partitions
-                .get(p)
-                .ok_or(LogError::NoSuchPartition { topic: out.topic.clone(), partition: p as u32 })?;
+            let part = topic.partitions.get(p).ok_or(LogError::NoSuchPartition { topic: out.topic.clone(), partition: p as u32 })?;
             let mut st = part.lock().expect("memory log lock poisoned");
             st.records.push_back((out.key, out.payload));
             if st.records.len() > KEEP_AT_LEAST * 2 {
@@ -271,10 +263,10 @@ mod tests {
         assert!(matches!(c.poll(Duration::ZERO).await.unwrap(), Polled::Assigned(a) if a.len() == 1));
         log.append(vec![out("t", "a"), out("t", "b")]).await.unwrap();
         let Polled::Records(r) = c.poll(Duration::from_secs(1)).await.unwrap() else { panic!("no records") };
-        assert_eq!(r.iter().map(|r| (r.offset, r.payload.clone())).collect::<Vec<_>>(), vec![
-            (0, Bytes::from_static(b"a")),
-            (1, Bytes::from_static(b"b"))
-        ]);
+        assert_eq!(
+            r.iter().map(|r| (r.offset, r.payload.clone())).collect::<Vec<_>>(),
+            vec![(0, Bytes::from_static(b"a")), (1, Bytes::from_static(b"b"))]
+        );
         assert!(matches!(c.poll(Duration::from_millis(10)).await.unwrap(), Polled::Idle));
     }
 
@@ -301,9 +293,7 @@ mod tests {
         log.append(vec![out("t", "a"), out("t", "b")]).await.unwrap();
         let mut c = log.consumer(ConsumerConfig::new("t", Some("g"), StartAt::Earliest)).await.unwrap();
         c.poll(Duration::ZERO).await.unwrap();
-        c.commit(vec![out("o", "done")], vec![Position { partition: 0, offset: 1, checkpoint: Some("w1".into()) }])
-            .await
-            .unwrap();
+        c.commit(vec![out("o", "done")], vec![Position { partition: 0, offset: 1, checkpoint: Some("w1".into()) }]).await.unwrap();
         drop(c);
         let mut c = log.consumer(ConsumerConfig::new("t", Some("g"), StartAt::Earliest)).await.unwrap();
         let Polled::Assigned(a) = c.poll(Duration::ZERO).await.unwrap() else { panic!() };

@@ -69,13 +69,9 @@ impl PartitionState {
                 replay: Some(c),
                 first: false,
             },
-            None => Self {
-                agg: WindowAggregator::new(spec, now),
-                read_pos: a.offset,
-                min_offset: BTreeMap::new(),
-                replay: None,
-                first: true,
-            },
+            None => {
+                Self { agg: WindowAggregator::new(spec, now), read_pos: a.offset, min_offset: BTreeMap::new(), replay: None, first: true }
+            }
         }
     }
 
@@ -127,11 +123,7 @@ impl PartitionState {
             self.replay = None;
         }
         let offset = self.min_offset.values().copied().min().unwrap_or(self.read_pos);
-        let position = Position {
-            partition,
-            offset,
-            checkpoint: Some(serde_json::to_string(&checkpoint).expect("checkpoint serializes")),
-        };
+        let position = Position { partition, offset, checkpoint: Some(serde_json::to_string(&checkpoint).expect("checkpoint serializes")) };
         Some((outputs, position))
     }
 }

@@ -47,8 +47,7 @@ pub async fn run(log: Arc<dyn Log>, config: ClusterConfig, shutdown: Cancellatio
                         Output::new(out_topic.clone(), r.payload).to_partition(0)
                     })
                     .collect();
-                let positions =
-                    last.into_iter().map(|(partition, offset)| Position { partition, offset, checkpoint: None }).collect();
+                let positions = last.into_iter().map(|(partition, offset)| Position { partition, offset, checkpoint: None }).collect();
                 consumer.commit(outputs, positions).await?;
             }
             Polled::Idle if stopping => break,

@@ -45,13 +45,16 @@ pub struct Checkpoint {
     pub trend: TrendState,
 }
 
+/// Where a partial was read: (`emoji_partials` partition, offset).
+type Source = (u32, u64);
+
 /// Merging state, pure: feed partials, take the windows that are complete.
 #[derive(Debug)]
 pub struct Merger {
     spec: WindowSpec,
     partitions: u32,
     /// window start → partition → (partial, (partials partition, offset) it came from)
-    pending: BTreeMap<i64, HashMap<u32, (Partial, (u32, u64))>>,
+    pending: BTreeMap<i64, HashMap<u32, (Partial, Source)>>,
     state: Checkpoint,
 }
 
@@ -105,9 +108,8 @@ impl Merger {
                 }
             };
             let got = self.pending.get(&next);
-            let ready = (0..self.partitions).all(|p| {
-                got.is_some_and(|g| g.contains_key(&p)) || self.state.first.get(&p).is_some_and(|f| *f > next)
-            });
+            let ready = (0..self.partitions)
+                .all(|p| got.is_some_and(|g| g.contains_key(&p)) || self.state.first.get(&p).is_some_and(|f| *f > next));
             if !ready {
                 return out;
             }
@@ -129,13 +131,8 @@ impl Merger {
         read_pos
             .iter()
             .map(|(&partition, &pos)| {
-                let min_pending = self
-                    .pending
-                    .values()
-                    .flat_map(|m| m.values())
-                    .filter(|(_, (pp, _))| *pp == partition)
-                    .map(|(_, (_, o))| *o)
-                    .min();
+                let min_pending =
+                    self.pending.values().flat_map(|m| m.values()).filter(|(_, (pp, _))| *pp == partition).map(|(_, (_, o))| *o).min();
                 Position { partition, offset: min_pending.unwrap_or(pos), checkpoint: Some(checkpoint.clone()) }
             })
             .collect()

@@ -104,7 +104,9 @@ impl Entry {
             Entry::Client(u) => (format!("{CLIENT_KEY}{}", u.client_id), serde_json::to_vec(u)),
             Entry::Subscriber(a) => (format!("{SUBSCRIBER_KEY}{}.{}", a.cluster, a.subscriber), serde_json::to_vec(a)),
         };
-        Output::new(topics::SUBSCRIPTIONS, Bytes::from(json.expect("registry entries serialize"))).with_key(Bytes::from(key)).to_partition(0)
+        Output::new(topics::SUBSCRIPTIONS, Bytes::from(json.expect("registry entries serialize")))
+            .with_key(Bytes::from(key))
+            .to_partition(0)
     }
 
     /// Reads a record of the subscriptions topic. An empty payload (a Kafka tombstone) removes the key.
@@ -393,7 +395,12 @@ impl Registry {
 ///
 /// # Errors
 /// When the log fails.
-pub async fn follow(log: Arc<dyn Log>, registry: Arc<Registry>, caught_up: CancellationToken, shutdown: CancellationToken) -> Result<(), LogError> {
+pub async fn follow(
+    log: Arc<dyn Log>,
+    registry: Arc<Registry>,
+    caught_up: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<(), LogError> {
     let _caught_up = caught_up.clone().drop_guard();
     let mut consumer = log.consumer(ConsumerConfig::new(topics::SUBSCRIPTIONS, None, StartAt::Earliest)).await?;
     loop {
@@ -483,7 +490,11 @@ mod tests {
             let o = e.to_output();
             assert_eq!(&Entry::decode(o.key.as_deref(), &o.payload).unwrap(), e);
         }
-        assert_eq!(u.to_output().key.unwrap(), Bytes::from_static(b"client/subscriber/1.1"), "client ids cannot collide with subscriber keys");
+        assert_eq!(
+            u.to_output().key.unwrap(),
+            Bytes::from_static(b"client/subscriber/1.1"),
+            "client ids cannot collide with subscriber keys"
+        );
         assert_eq!(
             Entry::decode(Some(b"client/c1"), b"").unwrap(),
             Entry::Client(Update { client_id: "c1".into(), slot: None }),

@@ -58,7 +58,13 @@ impl Frame {
         sse.put_slice(&json);
         sse.put_slice(b"\n\n");
         let sse = sse.freeze();
-        Ok(Self { window_start: head.window_start, window_end: head.window_end, closed_at: head.closed_at, json: sse.slice(at..at + json.len()), sse })
+        Ok(Self {
+            window_start: head.window_start,
+            window_end: head.window_end,
+            closed_at: head.closed_at,
+            json: sse.slice(at..at + json.len()),
+            sse,
+        })
     }
 }
 
@@ -157,7 +163,9 @@ pub async fn run(log: Arc<dyn Log>, hub: Arc<Hub>, replay: u64, shutdown: Cancel
                             }
                             hub.publish(Arc::new(f));
                         }
-                        Err(e) => tracing::error!(cluster = hub.cluster, offset = r.offset, error = %e, "skipping a record that is not a swarm message"),
+                        Err(e) => {
+                            tracing::error!(cluster = hub.cluster, offset = r.offset, error = %e, "skipping a record that is not a swarm message")
+                        }
                     }
                 }
             }

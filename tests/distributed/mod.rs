@@ -137,7 +137,14 @@ impl Topology {
         std::fs::create_dir_all(&dir).unwrap();
         let window_ms = humantime::parse_duration(shape.window).unwrap().as_millis() as i64;
         let common = |v: &mut Vec<String>| {
-            v.extend(["--kafka".into(), brokers(), "--namespace".into(), namespace.clone(), "--partitions".into(), shape.partitions.to_string()]);
+            v.extend([
+                "--kafka".into(),
+                brokers(),
+                "--namespace".into(),
+                namespace.clone(),
+                "--partitions".into(),
+                shape.partitions.to_string(),
+            ]);
         };
         let mut procs = BTreeMap::new();
         let mut add = |name: String, mut args: Vec<String>| {
@@ -147,26 +154,32 @@ impl Topology {
         };
         let s = |x: &str| x.to_owned();
         let registry_port = free_port();
-        add(s("registry"), vec![
+        add(
             s("registry"),
-            s("--api-addr"),
-            format!("127.0.0.1:{registry_port}"),
-            s("--clusters"),
-            shape.clusters.to_string(),
-            s("--subscribers"),
-            shape.subscribers.to_string(),
-        ]);
+            vec![
+                s("registry"),
+                s("--api-addr"),
+                format!("127.0.0.1:{registry_port}"),
+                s("--clusters"),
+                shape.clusters.to_string(),
+                s("--subscribers"),
+                shape.subscribers.to_string(),
+            ],
+        );
         for c in 1..=shape.clusters {
             for m in 1..=shape.subscribers {
-                add(format!("subscriber-{c}.{m}"), vec![
-                    s("subscriber"),
-                    s("--cluster"),
-                    c.to_string(),
-                    s("--id"),
-                    m.to_string(),
-                    s("--api-addr"),
-                    format!("127.0.0.1:{}", free_port()),
-                ]);
+                add(
+                    format!("subscriber-{c}.{m}"),
+                    vec![
+                        s("subscriber"),
+                        s("--cluster"),
+                        c.to_string(),
+                        s("--id"),
+                        m.to_string(),
+                        s("--api-addr"),
+                        format!("127.0.0.1:{}", free_port()),
+                    ],
+                );
             }
             add(format!("cluster-{c}"), vec![s("cluster"), s("--id"), c.to_string()]);
         }
@@ -178,19 +191,22 @@ impl Topology {
         for i in 1..=shape.ingest {
             let port = free_port();
             ingest_urls.push(format!("http://127.0.0.1:{port}"));
-            add(format!("ingest-{i}"), vec![
-                s("ingest"),
-                s("--ingest-addr"),
-                format!("127.0.0.1:{port}"),
-                s("--ack"),
-                s(shape.ack),
-                s("--linger"),
-                s("5ms"),
-            ]);
+            add(
+                format!("ingest-{i}"),
+                vec![s("ingest"), s("--ingest-addr"), format!("127.0.0.1:{port}"), s("--ack"), s(shape.ack), s("--linger"), s("5ms")],
+            );
         }
         let mut common_args = Vec::new();
         common(&mut common_args);
-        let mut t = Topology { common: common_args, namespace, dir, window_ms, registry_url: format!("http://127.0.0.1:{registry_port}"), ingest_urls, procs };
+        let mut t = Topology {
+            common: common_args,
+            namespace,
+            dir,
+            window_ms,
+            registry_url: format!("http://127.0.0.1:{registry_port}"),
+            ingest_urls,
+            procs,
+        };
         let mut urls = vec![t.registry_url.clone()];
         urls.extend(t.ingest_urls.iter().cloned());
         for u in urls {
