@@ -11,6 +11,8 @@
 //! - When the broker aborts a commit that can be retried (a rebalance underway, a coordinator
 //!   moving), the consumer rewinds to the committed positions and reports it as `Revoked` then
 //!   `Assigned`, which every stage already handles: the aborted outputs are never visible.
+//! - Between the rebalance callback (which runs inside a poll) and the stage seeing `Revoked`, a
+//!   commit is skipped: the partitions may already belong to another member of the new generation.
 //!
 //! librdkafka's calls block, so each runs on tokio's blocking pool.
 
@@ -451,6 +453,11 @@ struct Inner {
 /// A Kafka consumer with its transactional producer.
 pub struct KafkaConsumer {
     inner: Option<Arc<Inner>>,
+    /// A poll still running on the blocking pool: a caller that stops waiting (a `select!` at
+    /// shutdown) must not lose what it brings, so the next poll (or commit) picks it up.
+    inflight: Option<tokio::task::JoinHandle<Result<Polled, LogError>>>,
+    /// What an in-flight poll brought while a commit waited for it, for the next poll.
+    ready: Option<Result<Polled, LogError>>,
 }
 
 impl KafkaConsumer {
@@ -506,7 +513,8 @@ impl KafkaConsumer {
             let assigned = consumer.context().assign(&consumer, &partitions, false)?;
             consumer.context().push(Ok(Polled::Assigned(assigned)));
         }
-        Ok(Self { inner: Some(Arc::new(Inner { consumer, producer, grouped, stashed: Mutex::default(), namespace: ns.to_owned() })) })
+        let inner = Inner { consumer, producer, grouped, stashed: Mutex::default(), namespace: ns.to_owned() };
+        Ok(Self { inner: Some(Arc::new(inner)), inflight: None, ready: None })
     }
 
     fn inner(&self) -> Arc<Inner> {
@@ -594,6 +602,14 @@ impl Inner {
             return Err(LogError::Other("kafka: commit needs a consumer group (this reader has none)".into()));
         };
         let ctx = self.consumer.context();
+        if ctx.pending() {
+            // The rebalance callback already gave partitions away (and librdkafka may have rejoined
+            // the group under a new generation): committing now would write partials and offsets
+            // for partitions another member owns. Commit nothing; the stage gets `Revoked` next and
+            // every partition resumes from its last commit.
+            tracing::info!(topic = %ctx.topic, "commit skipped: a rebalance is under way; resuming from the last commit");
+            return Ok(());
+        }
         let cgm = self
             .consumer
             .group_metadata()
@@ -705,12 +721,31 @@ impl Inner {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    /// Cancellation-safe: when the caller stops waiting, the poll keeps running and its result is
+    /// what the next call returns.
     async fn poll(&mut self, max_wait: Duration) -> Result<Polled, LogError> {
-        let inner = self.inner();
-        tokio::task::spawn_blocking(move || inner.poll(max_wait)).await.map_err(|e| other("poll", e))?
+        if let Some(r) = self.ready.take() {
+            return r;
+        }
+        if self.inflight.is_none() {
+            let inner = self.inner();
+            self.inflight = Some(tokio::task::spawn_blocking(move || inner.poll(max_wait)));
+        }
+        let handle = self.inflight.as_mut().expect("a poll is in flight");
+        let result = handle.await;
+        self.inflight = None;
+        result.map_err(|e| other("poll", e))?
     }
 
     async fn commit(&mut self, outputs: Vec<Output>, positions: Vec<Position>) -> Result<(), LogError> {
+        // A poll abandoned by its caller may have taken a rebalance's event: see it first.
+        if let Some(handle) = self.inflight.take() {
+            self.ready = Some(handle.await.map_err(|e| other("poll", e)).and_then(|r| r));
+        }
+        if matches!(self.ready, Some(Ok(Polled::Assigned(_) | Polled::Revoked(_)))) {
+            tracing::info!("commit skipped: a rebalance is under way; resuming from the last commit");
+            return Ok(());
+        }
         let inner = self.inner();
         tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?
     }

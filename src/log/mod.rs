@@ -183,6 +183,9 @@ pub trait Log: Send + Sync + 'static {
 pub trait Consumer: Send {
     /// Waits up to `max_wait` for something to happen.
     ///
+    /// Cancellation-safe: a caller that stops waiting (a `select!` on shutdown) loses nothing; what
+    /// the abandoned poll brought is what the next poll returns.
+    ///
     /// # Errors
     /// When the log fails; the stage decides whether to retry.
     async fn poll(&mut self, max_wait: Duration) -> Result<Polled, LogError>;
@@ -191,7 +194,9 @@ pub trait Consumer: Send {
     ///
     /// When the log aborts a commit it can retry (Kafka: a rebalance underway), nothing of it is
     /// visible and the consumer rewinds to its committed positions: the next polls bring `Revoked`
-    /// and `Assigned` for its partitions, exactly as a rebalance would.
+    /// and `Assigned` for its partitions, exactly as a rebalance would. Likewise, when a rebalance
+    /// has already taken partitions away but the stage has not polled `Revoked` yet, nothing is
+    /// committed: the next poll brings `Revoked`.
     ///
     /// # Errors
     /// When the commit fails; then none of it happened ([`LogError::Fenced`]: stop, another instance
