@@ -86,7 +86,8 @@ L.append("Send → first delivery of the window holding the emoji (median of run
          f"p50 {med(c1k,'send_to_window_p50_ms'):.0f} ms, p99 {med(c1k,'send_to_window_p99_ms'):.0f} ms. This is dominated by the 2 s window "
          "itself (an emoji waits on average half a window, plus the 250 ms grace) — see `emostream load --help`.\n")
 kagg1, kagg2 = runs("kafka-agg1"), runs("kafka-agg2")
-kfast, kdur2, kdur10 = runs("kafka-single-fast-10ms"), runs("kafka-single-durable-2ms"), runs("kafka-single-durable-10ms")
+kfast, kdur2, kdur10 = runs("kafka-single-fast-10ms-c16"), runs("kafka-single-durable-2ms-c16"), runs("kafka-single-durable-10ms-c16")
+kdur10w = runs("kafka-single-durable-10ms-c256")
 kc1k = runs("kafka-clients-1000")
 if kagg1 or kc1k:
     L.append("## Kafka mode (a real Apache Kafka 4.x broker on this machine, started by `scripts/kafka`)\n")
@@ -105,10 +106,13 @@ if kagg1 or kc1k:
         L.append("\nTwo aggregators on two cores (shared with the broker) gain little: decoding is cheap and the broker's fetch path is "
                  "a large part of the work; on separate machines each aggregator brings its own cores.\n")
     if kfast or kdur2:
-        L.append("**Ingest acknowledgement** (`emostream up --kafka`, single `POST /emoji`, 100 senders over 16 connections; "
+        L.append("**Ingest acknowledgement** (`emostream up --kafka`, single `POST /emoji`, 100 senders; an HTTP/1.1 connection has one "
+                 "request in progress at a time, so a durable 200, which waits for its batch to be in Kafka, is bounded by connections ÷ "
+                 "(linger + Kafka's acks=all round trip); "
                  "exactness under faults is what tests/kafka_faults.rs checks):\n")
         L.append("| mode | req/s (median) | vs baseline | errors |\n|---|---|---|---|")
-        for name, rs in (("`--ack fast --linger 10ms` (default)", kfast), ("`--ack durable --linger 2ms`", kdur2), ("`--ack durable --linger 10ms`", kdur10)):
+        for name, rs in (("`--ack fast --linger 10ms` (default), 16 connections", kfast), ("`--ack durable --linger 2ms`, 16 connections", kdur2),
+                         ("`--ack durable --linger 10ms`, 16 connections", kdur10), ("`--ack durable --linger 10ms`, 256 connections", kdur10w)):
             if rs:
                 m = med(rs, "requests_per_s")
                 L.append(f"| {name} | {m:,.0f} | {m/bl_rps:.2f}× | {', '.join(str(r['errors_by_status'] or 'none') for r in rs)} |")
