@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 let p = PartialRecord::from_bytes(&r.payload)?;
                 let n: u64 = p.partial.counts.values().sum();
                 if let Some(prev) = seen.insert((p.partition, p.partial.window_start), n) {
-                    eprintln!("partition {} window {} emitted twice: {prev} then {n} events", p.partition, p.partial.window_start);
+                    anyhow::bail!("partition {} window {} emitted twice: {prev} then {n} events", p.partition, p.partial.window_start);
                 }
                 if n > 0 && first_at.is_none() {
                     first_at = Some(started.elapsed());
