@@ -494,6 +494,10 @@ impl KafkaConsumer {
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "1")
+                // Back-to-back transactions can meet CONCURRENT_TRANSACTIONS while the previous commit's
+                // markers are written (a few ms): retry after 5 ms rather than the default 100 ms.
+                .set("retry.backoff.ms", "5")
+                .set("retry.backoff.max.ms", "100")
                 // An open transaction of a killed process blocks read_committed readers until it times out.
                 .set("transaction.timeout.ms", "10000");
             // Threaded: delivery reports are served in the background, so an abort can always flush.
@@ -648,6 +652,16 @@ impl Inner {
                     }
                 }
                 producer.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT)?;
+            }
+            // rdkafka's commit_transaction flushes first, and that flush waits for delivery reports in
+            // 100 ms slices, which the threaded producer's own thread serves: every commit (so every
+            // hop of a window) paid 100 ms. Wait for the deliveries here, in small steps, instead.
+            let deadline = Instant::now() + CALL_TIMEOUT;
+            while producer.in_flight_count() > 0 {
+                if Instant::now() > deadline {
+                    return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+                }
+                std::thread::sleep(Duration::from_micros(250));
             }
             producer.commit_transaction(CALL_TIMEOUT)?;
             Ok(())
