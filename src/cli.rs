@@ -326,6 +326,14 @@ pub struct TopologyFlags {
     pub subscribers: u32,
 }
 
+/// Where a stage without an HTTP API of its own serves its metrics.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsFlag {
+    /// Serve GET /metrics (Prometheus text) and GET /healthz at this address (off when not given).
+    #[arg(long, env = "EMOSTREAM_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
 /// Partitions of `emoji_topic`.
 #[derive(Debug, Clone, Args)]
 pub struct PartitionsFlag {
@@ -402,6 +410,8 @@ pub struct AggregateArgs {
     #[command(flatten)]
     pub partitions: PartitionsFlag,
     #[command(flatten)]
+    pub metrics: MetricsFlag,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
@@ -415,6 +425,8 @@ pub struct PublishArgs {
     #[command(flatten)]
     pub partitions: PartitionsFlag,
     #[command(flatten)]
+    pub metrics: MetricsFlag,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
@@ -426,6 +438,8 @@ pub struct ClusterArgs {
     pub id: Option<u32>,
     #[command(flatten)]
     pub partitions: PartitionsFlag,
+    #[command(flatten)]
+    pub metrics: MetricsFlag,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }

@@ -401,6 +401,34 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
     Ok(Started { addr: Some(addr), ready, supervisor: sup })
 }
 
+/// Serves `GET /metrics` and `GET /healthz` at `addr` for a stage without an HTTP API of its own; it
+/// stops last, after the stage.
+///
+/// # Errors
+/// When `--metrics-addr` cannot be bound.
+pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> anyhow::Result<Started> {
+    use axum::http::header::CONTENT_TYPE;
+    use axum::routing::get;
+    let Some(addr) = addr else { return Ok(started) };
+    let listener = http::bind(addr, "--metrics-addr").await?;
+    let bound = listener.local_addr()?;
+    let prometheus = telemetry::prometheus();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = prometheus.render();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route("/healthz", get(|| async { ([(CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#) }));
+    started.supervisor.step();
+    started.supervisor.spawn("metrics-http", move |stop| http::serve_http1(listener, app, stop));
+    started.ready.push_str(&format!("; metrics on http://{bound}/metrics"));
+    started.addr = Some(bound);
+    Ok(started)
+}
+
 /// Prints the readiness line, then runs until SIGTERM or Ctrl-C.
 async fn serve(started: Started) -> anyhow::Result<()> {
     println!("{}", started.ready);
@@ -431,9 +459,12 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When Kafka cannot be reached or the stage fails.
 pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
+    // The recorder goes in before the stage registers its counters.
+    let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.context("aggregate cannot start")?;
     let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, transactional_id: None };
-    serve(start_aggregate(log, config, a.partitions.partitions).await.context("aggregate cannot start")?).await
+    let started = start_aggregate(log, config, a.partitions.partitions).await.context("aggregate cannot start")?;
+    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }
 
 /// `emostream publish`.
@@ -442,8 +473,10 @@ pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
 /// When the `--emotions` file cannot be used, Kafka cannot be reached or the stage fails.
 pub async fn publish(a: PublishArgs) -> anyhow::Result<()> {
     let config = a.publish.publish_config(&a.window)?;
+    let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.context("publish cannot start")?;
-    serve(start_publish(log, config, a.partitions.partitions).await.context("publish cannot start")?).await
+    let started = start_publish(log, config, a.partitions.partitions).await.context("publish cannot start")?;
+    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }
 
 /// `emostream cluster --id N`.
@@ -452,8 +485,10 @@ pub async fn publish(a: PublishArgs) -> anyhow::Result<()> {
 /// When Kafka cannot be reached or the stage fails.
 pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let id = a.id.context("--id is required")?;
+    let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.with_context(|| format!("cluster {id} cannot start"))?;
-    serve(start_cluster(log, id, a.partitions.partitions).await.with_context(|| format!("cluster {id} cannot start"))?).await
+    let started = start_cluster(log, id, a.partitions.partitions).await.with_context(|| format!("cluster {id} cannot start"))?;
+    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }
 
 /// `emostream subscriber --cluster N --id M`.

@@ -11,6 +11,7 @@ pub const INGEST_QUEUE_DEPTH: &str = "emostream_ingest_queue_depth";
 pub const LOG_APPEND_ERRORS: &str = "emostream_log_append_errors_total";
 pub const WINDOWS_PUBLISHED: &str = "emostream_windows_published_total";
 pub const PARTIALS_EMITTED: &str = "emostream_partials_emitted_total";
+pub const WINDOWS_FORWARDED: &str = "emostream_windows_forwarded_total";
 pub const LATE_EVENTS: &str = "emostream_late_events_total";
 pub const CONNECTED_CLIENTS: &str = "emostream_connected_clients";
 pub const SLOW_CLIENTS_DROPPED: &str = "emostream_slow_clients_dropped_total";
@@ -46,6 +47,7 @@ fn describe() {
     describe_counter!(LOG_APPEND_ERRORS, "Failed appends to the log (retried)");
     describe_counter!(WINDOWS_PUBLISHED, "Swarm messages published, one per window");
     describe_counter!(PARTIALS_EMITTED, "Per-partition window partials emitted by aggregators");
+    describe_counter!(WINDOWS_FORWARDED, "Windows a cluster publisher forwarded to its cluster topic");
     describe_counter!(LATE_EVENTS, "Events that arrived after their window closed (counted in the next one)");
     describe_gauge!(CONNECTED_CLIENTS, "Open SSE/WebSocket streams per subscriber");
     describe_counter!(SLOW_CLIENTS_DROPPED, "Streams closed because the client did not keep up");

@@ -67,6 +67,22 @@ async fn eighteen_processes_count_exactly_and_every_viewer_sees_the_same_windows
     assert_eq!(totals(&history), acked, "GET /windows at the registry");
     emotions::assert_recomputed(&history, "kafka mode");
 
+    // The stages without an API of their own serve their metrics at --metrics-addr.
+    for (name, metric) in [
+        ("aggregate-1", "emostream_partials_emitted_total"),
+        ("publish", "emostream_windows_published_total"),
+        ("cluster-2", "emostream_windows_forwarded_total"),
+    ] {
+        let text = reqwest::get(format!("{}/metrics", topo.metrics_urls[name])).await.unwrap().text().await.unwrap();
+        let value: f64 = text
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no {metric} in /metrics:\n{text}"));
+        assert!(value > 0.0, "{name}: {metric} {value}");
+    }
+
     // SIGTERM: every process exits cleanly.
     let names: Vec<String> = topo.procs.keys().cloned().collect();
     for n in names {

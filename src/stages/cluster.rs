@@ -31,6 +31,7 @@ pub async fn run(log: Arc<dyn Log>, config: ClusterConfig, shutdown: Cancellatio
             ..ConsumerConfig::new(topics::MAIN, Some(&group(config.id)), StartAt::Tail(1))
         })
         .await?;
+    let forwarded = metrics::counter!(crate::telemetry::WINDOWS_FORWARDED, "cluster" => config.id.to_string());
     let mut stopping = false;
     loop {
         let polled = tokio::select! {
@@ -40,7 +41,7 @@ pub async fn run(log: Arc<dyn Log>, config: ClusterConfig, shutdown: Cancellatio
         match polled {
             Polled::Records(records) => {
                 let mut last: std::collections::BTreeMap<u32, u64> = Default::default();
-                let outputs = records
+                let outputs: Vec<Output> = records
                     .into_iter()
                     .map(|r| {
                         last.insert(r.partition, r.offset + 1);
@@ -48,7 +49,9 @@ pub async fn run(log: Arc<dyn Log>, config: ClusterConfig, shutdown: Cancellatio
                     })
                     .collect();
                 let positions = last.into_iter().map(|(partition, offset)| Position { partition, offset, checkpoint: None }).collect();
+                let n = outputs.len() as u64;
                 consumer.commit(outputs, positions).await?;
+                forwarded.increment(n);
             }
             Polled::Idle if stopping => break,
             Polled::Assigned(_) | Polled::Revoked(_) | Polled::Idle => {}

@@ -116,6 +116,8 @@ pub struct Topology {
     pub window_ms: i64,
     pub registry_url: String,
     pub ingest_urls: Vec<String>,
+    /// `--metrics-addr` of the stages without an API: cluster-N, publish and aggregate-N.
+    pub metrics_urls: BTreeMap<String, String>,
     pub procs: BTreeMap<String, Proc>,
 }
 
@@ -147,6 +149,7 @@ impl Topology {
             ]);
         };
         let mut procs = BTreeMap::new();
+        let mut metrics_urls = BTreeMap::new();
         let mut add = |name: String, mut args: Vec<String>| {
             common(&mut args);
             let p = Proc::spawn(&name, &args, &dir);
@@ -181,11 +184,28 @@ impl Topology {
                     ],
                 );
             }
-            add(format!("cluster-{c}"), vec![s("cluster"), s("--id"), c.to_string()]);
+            let port = free_port();
+            metrics_urls.insert(format!("cluster-{c}"), format!("http://127.0.0.1:{port}"));
+            add(format!("cluster-{c}"), vec![s("cluster"), s("--id"), c.to_string(), s("--metrics-addr"), format!("127.0.0.1:{port}")]);
         }
-        add(s("publish"), vec![s("publish"), s("--window"), s(shape.window)]);
+        let port = free_port();
+        metrics_urls.insert(s("publish"), format!("http://127.0.0.1:{port}"));
+        add(s("publish"), vec![s("publish"), s("--window"), s(shape.window), s("--metrics-addr"), format!("127.0.0.1:{port}")]);
         for a in 1..=shape.aggregate {
-            add(format!("aggregate-{a}"), vec![s("aggregate"), s("--window"), s(shape.window), s("--grace"), s("200ms")]);
+            let port = free_port();
+            metrics_urls.insert(format!("aggregate-{a}"), format!("http://127.0.0.1:{port}"));
+            add(
+                format!("aggregate-{a}"),
+                vec![
+                    s("aggregate"),
+                    s("--window"),
+                    s(shape.window),
+                    s("--grace"),
+                    s("200ms"),
+                    s("--metrics-addr"),
+                    format!("127.0.0.1:{port}"),
+                ],
+            );
         }
         let mut ingest_urls = Vec::new();
         for i in 1..=shape.ingest {
@@ -205,6 +225,7 @@ impl Topology {
             window_ms,
             registry_url: format!("http://127.0.0.1:{registry_port}"),
             ingest_urls,
+            metrics_urls,
             procs,
         };
         let mut urls = vec![t.registry_url.clone()];
