@@ -110,6 +110,14 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     assert_eq!(post_batch(&client, &ingest, "😀", 300).await, 200);
     *acked.entry("😀".into()).or_default() += 300;
+    // Steady state first: the outage is one of a running pipeline, not of a broker still loading its
+    // coordinators seconds after it started (see the README's known limits).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while viewer.totals() != acked {
+        up.assert_running();
+        assert!(Instant::now() < deadline, "the first batch was not counted; log:\n{}", tail(&up.log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Kafka goes away. Ingest still answers: 200 while its buffer has room, then 503, never a hang.
     broker.script(&["stop"]);
