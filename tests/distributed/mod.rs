@@ -24,8 +24,22 @@ pub fn brokers() -> String {
     )
 }
 
+/// A port that is free now, below the kernel's ephemeral range (32768 and up here): a port taken
+/// from that range (bind to :0, then release) can be handed to one of the many outgoing Kafka
+/// connections before the process that is meant to listen on it starts.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+        ^ (u64::from(std::process::id()) << 16);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port =
+            20_000 + ((seed.wrapping_mul(6364136223846793005).wrapping_add(n.wrapping_mul(1442695040888963407)) >> 33) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One `emostream` process; killed when dropped.
