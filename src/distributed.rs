@@ -58,12 +58,7 @@ impl Started {
     /// # Errors
     /// When a stage failed.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), TopologyError> {
-        let failed = self.supervisor.failed();
-        tokio::select! {
-            () = signal => tracing::info!("shutting down"),
-            () = failed.cancelled() => {}
-        }
-        self.supervisor.shutdown(STOP_WAIT).await
+        self.supervisor.run_until(signal, STOP_WAIT).await
     }
 
     /// Stops at once (tests).

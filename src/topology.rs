@@ -127,6 +127,19 @@ impl Supervisor {
         self.failed.clone()
     }
 
+    /// Waits for `signal` (or a stage failure), then stops the stages step by step.
+    ///
+    /// # Errors
+    /// [`TopologyError::StageFailed`] when a stage failed at any point.
+    pub async fn run_until(self, signal: impl Future<Output = ()>, per_step: Duration) -> Result<(), TopologyError> {
+        let failed = self.failed();
+        tokio::select! {
+            () = signal => tracing::info!("shutting down: publishing what is held, then closing client streams"),
+            () = failed.cancelled() => {}
+        }
+        self.shutdown(per_step).await
+    }
+
     /// Stops the stages step by step, each step waiting up to `per_step` for its stages to finish.
     ///
     /// # Errors
@@ -165,12 +178,7 @@ impl Running {
     /// # Errors
     /// When a stage failed.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), TopologyError> {
-        let failed = self.supervisor.failed();
-        tokio::select! {
-            () = signal => tracing::info!("shutting down: publishing what is held, then closing client streams"),
-            () = failed.cancelled() => {}
-        }
-        self.supervisor.shutdown(Duration::from_secs(10)).await
+        self.supervisor.run_until(signal, Duration::from_secs(10)).await
     }
 }
 

@@ -91,6 +91,40 @@ fn other(what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Other(format!("kafka: {what}: {e}"))
 }
 
+/// What one try of a retried call asks for.
+enum Retry {
+    /// Try again after a back-off; the reason goes to the operator (rate-limited).
+    Again(String),
+    GiveUp(LogError),
+}
+
+/// Runs `f` until it succeeds or gives up, backing off 100 ms doubling to 2 s between tries. Blocking:
+/// for librdkafka calls already on the blocking pool.
+fn with_backoff<T>(quiet: &Quiet, mut f: impl FnMut() -> Result<T, Retry>) -> Result<T, LogError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f() {
+            Ok(t) => return Ok(t),
+            Err(Retry::GiveUp(e)) => return Err(e),
+            Err(Retry::Again(why)) => {
+                quiet.report(&why);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The offsets of `assigned` as a partition list of `topic`, to assign or seek.
+fn offsets_list(topic: &str, assigned: &[Assignment]) -> Result<TopicPartitionList, LogError> {
+    let mut tpl = TopicPartitionList::new();
+    for a in assigned {
+        tpl.add_partition_offset(topic, a.partition as i32, Offset::Offset(a.offset as i64))
+            .map_err(|e| other("listing partition offsets", e))?;
+    }
+    Ok(tpl)
+}
+
 fn base_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
@@ -394,24 +428,15 @@ impl Ctx {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &[u32], grouped: bool) -> Result<Vec<Assignment>, LogError> {
-        let mut attempt = 0;
-        let assigned = loop {
-            match self.resolve(consumer, partitions, grouped) {
-                Ok(a) => break a,
-                Err(e) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::warn!(topic = %self.topic, error = %e, attempt, "cannot read where to resume yet; retrying");
-                    std::thread::sleep(Duration::from_millis(200) * attempt);
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let mut tpl = TopicPartitionList::new();
-        for a in &assigned {
-            tpl.add_partition_offset(&self.topic, a.partition as i32, Offset::Offset(a.offset as i64))
-                .map_err(|e| other("building an assignment", e))?;
-        }
-        consumer.assign(&tpl).map_err(|e| other("assigning partitions", e))?;
+        let mut tries = 0;
+        let assigned = with_backoff(&self.quiet, || {
+            tries += 1;
+            self.resolve(consumer, partitions, grouped).map_err(|e| match tries {
+                ..10 => Retry::Again(format!("cannot read where to resume `{}` yet (try {tries}): {e}", self.topic)),
+                _ => Retry::GiveUp(e),
+            })
+        })?;
+        consumer.assign(&offsets_list(&self.topic, &assigned)?).map_err(|e| other("assigning partitions", e))?;
         Ok(assigned)
     }
 }
@@ -673,20 +698,12 @@ impl Inner {
         // Anything else (a rebalance underway, the broker away): abort, which retries until the
         // broker answers, then resume from what is committed. Nothing of this attempt is visible.
         tracing::warn!(error = %e, "kafka: commit failed; aborting it and rewinding to the committed positions");
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match producer.abort_transaction(CALL_TIMEOUT) {
-                Ok(()) => break,
-                Err(a) if matches!(&a, KafkaError::Transaction(t) if t.is_fatal()) => {
-                    return Err(tx_error(&a, "aborting a transaction"));
-                }
-                Err(a) => {
-                    ctx.quiet.report(&format!("aborting a transaction: {a}"));
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        with_backoff(&ctx.quiet, || {
+            producer.abort_transaction(CALL_TIMEOUT).map_err(|a| match &a {
+                KafkaError::Transaction(t) if t.is_fatal() => Retry::GiveUp(tx_error(&a, "aborting a transaction")),
+                _ => Retry::Again(format!("aborting a transaction: {a}")),
+            })
+        })?;
         self.rewind()
     }
 
@@ -696,8 +713,7 @@ impl Inner {
     fn rewind(&self) -> Result<(), LogError> {
         let ctx = self.consumer.context();
         self.stashed.lock().expect("stash lock poisoned").clear();
-        let mut backoff = Duration::from_millis(100);
-        loop {
+        let assigned = with_backoff(&ctx.quiet, || {
             let attempt = || -> Result<Vec<Assignment>, LogError> {
                 let assignment = self.consumer.assignment().map_err(|e| other("reading the assignment", e))?;
                 let partitions: Vec<u32> = assignment.elements().iter().map(|e| e.partition() as u32).collect();
@@ -705,31 +721,22 @@ impl Inner {
                     return Ok(Vec::new());
                 }
                 let assigned = ctx.resolve(&self.consumer, &partitions, self.grouped)?;
-                let mut tpl = TopicPartitionList::new();
-                for a in &assigned {
-                    tpl.add_partition_offset(&ctx.topic, a.partition as i32, Offset::Offset(a.offset as i64))
-                        .map_err(|e| other("building a seek", e))?;
-                }
-                let sought = self.consumer.seek_partitions(tpl, CALL_TIMEOUT).map_err(|e| other("seeking to the committed offsets", e))?;
+                let sought = self
+                    .consumer
+                    .seek_partitions(offsets_list(&ctx.topic, &assigned)?, CALL_TIMEOUT)
+                    .map_err(|e| other("seeking to the committed offsets", e))?;
                 if let Some(bad) = sought.elements().iter().find(|e| e.error().is_err()) {
                     return Err(other("seeking to the committed offsets", format!("partition {}: {:?}", bad.partition(), bad.error())));
                 }
                 Ok(assigned)
             };
-            match attempt() {
-                Ok(assigned) if assigned.is_empty() => return Ok(()),
-                Ok(assigned) => {
-                    ctx.push(Ok(Polled::Revoked(assigned.iter().map(|a| a.partition).collect())));
-                    ctx.push(Ok(Polled::Assigned(assigned)));
-                    return Ok(());
-                }
-                Err(e) => {
-                    ctx.quiet.report(&format!("rewinding `{}`: {e}", ctx.topic));
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+            attempt().map_err(|e| Retry::Again(format!("rewinding `{}`: {e}", ctx.topic)))
+        })?;
+        if !assigned.is_empty() {
+            ctx.push(Ok(Polled::Revoked(assigned.iter().map(|a| a.partition).collect())));
+            ctx.push(Ok(Polled::Assigned(assigned)));
         }
+        Ok(())
     }
 }
 
