@@ -303,30 +303,6 @@ async fn refused(resp: reqwest::Response, ws: bool) -> Ended {
     }
 }
 
-/// Splits a Server-Sent Events body into events, remembering the last `id:`.
-#[derive(Debug, Default)]
-struct SseParser {
-    buf: Vec<u8>,
-}
-
-impl SseParser {
-    /// Adds bytes; returns the complete events in them as (id, data).
-    fn push(&mut self, chunk: &[u8]) -> Vec<(Option<String>, String)> {
-        self.buf.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            let id = text.lines().find_map(|l| l.strip_prefix("id:")).map(|v| v.trim().to_string());
-            let data: String = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
-            if !data.is_empty() {
-                events.push((id, data));
-            }
-        }
-        events
-    }
-}
-
 async fn sse_once(
     http: &reqwest::Client,
     url: &str,
@@ -349,7 +325,7 @@ async fn sse_once(
         Err(e) => return Ended::Dropped(format!("cannot open {url}: {e}")),
     };
     let mut body = resp.bytes_stream();
-    let mut parser = SseParser::default();
+    let mut splitter = crate::core::sse::Splitter::default();
     loop {
         let chunk = tokio::select! {
             c = body.next() => c,
@@ -360,13 +336,14 @@ async fn sse_once(
             Some(Err(e)) => return Ended::Dropped(e.to_string()),
             None => return Ended::Dropped("closed by the server".into()),
         };
-        for (id, data) in parser.push(&chunk) {
-            if let Ok(m) = serde_json::from_str::<SwarmMessage>(&data) {
+        splitter.push(&chunk, |event| {
+            let (id, Some(data)) = crate::core::sse::fields(event) else { return };
+            if let Ok(m) = serde_json::from_slice::<SwarmMessage>(&data) {
                 *windows += 1;
-                *last = id.and_then(|i| i.parse().ok()).or(Some(m.window_start));
+                *last = id.and_then(|i| std::str::from_utf8(i).ok()?.parse().ok()).or(Some(m.window_start));
                 on_window(m);
             }
-        }
+        });
     }
 }
 
@@ -429,14 +406,6 @@ async fn ws_once(
 mod tests {
     use super::*;
     use crate::core::scale::ScaleRule;
-
-    #[test]
-    fn sse_events_are_split_with_their_ids_across_chunks() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"event: swarm\nid: 2000\ndata: {\"a\"").is_empty());
-        let got = p.push(b":1}\n\n: keepalive\n\nevent: swarm\nid: 4000\ndata: {}\n\n");
-        assert_eq!(got, vec![(Some("2000".into()), "{\"a\":1}".into()), (Some("4000".into()), "{}".into())]);
-    }
 
     #[test]
     fn renders_the_swarm_as_a_line() {

@@ -6,5 +6,6 @@ pub mod emotion;
 pub mod event;
 pub mod record;
 pub mod scale;
+pub mod sse;
 pub mod swarm;
 pub mod window;

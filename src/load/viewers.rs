@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -150,7 +150,7 @@ async fn sse(
     shared.connected.fetch_add(1, Ordering::Relaxed);
     drop(permit);
     let mut body = resp.into_body();
-    let mut buf = BytesMut::new();
+    let mut splitter = crate::core::sse::Splitter::default();
     let result = loop {
         let frame = tokio::select! {
             f = body.frame() => f,
@@ -164,15 +164,7 @@ async fn sse(
             Some(Err(e)) => break Err(format!("stream failed: {e}")),
             None => break Err("the server ended the stream".to_string()),
         };
-        if buf.is_empty() && data.ends_with(b"\n\n") && data.windows(2).filter(|w| w == b"\n\n").count() == 1 {
-            on_event(&data, log, shared);
-            continue;
-        }
-        buf.extend_from_slice(&data);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event = buf.split_to(end + 2);
-            on_event(&event, log, shared);
-        }
+        splitter.push(&data, |event| on_event(event, log, shared));
     };
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     conn_task.abort();
@@ -181,29 +173,8 @@ async fn sse(
 
 /// One SSE event: comment lines are keepalives; `data:` lines are the message.
 fn on_event(event: &[u8], log: &mut ViewerLog, shared: &Shared) {
-    let mut data: Option<Vec<u8>> = None;
-    let mut single: Option<&[u8]> = None;
-    for line in event.split(|b| *b == b'\n') {
-        let Some(d) = line.strip_prefix(b"data:") else { continue };
-        let d = d.strip_prefix(b" ").unwrap_or(d);
-        match (&mut data, single) {
-            (None, None) => single = Some(d),
-            (None, Some(s)) => {
-                let mut v = s.to_vec();
-                v.push(b'\n');
-                v.extend_from_slice(d);
-                data = Some(v);
-            }
-            (Some(v), _) => {
-                v.push(b'\n');
-                v.extend_from_slice(d);
-            }
-        }
-    }
-    match (data, single) {
-        (Some(v), _) => on_message(&v, log, shared),
-        (None, Some(s)) => on_message(s, log, shared),
-        (None, None) => {}
+    if let (_, Some(data)) = crate::core::sse::fields(event) {
+        on_message(&data, log, shared);
     }
 }
 

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use emostream::core::sse;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -106,21 +107,19 @@ pub fn sse_client(url: String) -> (tokio::sync::watch::Receiver<usize>, tokio::t
         assert_eq!(resp.status(), 200, "stream {url}");
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let mut body = resp.bytes_stream();
-        let mut buf = Vec::new();
+        let mut splitter = sse::Splitter::default();
         let mut out = Vec::new();
         while let Some(Ok(chunk)) = body.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = buf.drain(..end + 2).collect();
-                let text = String::from_utf8(event).expect("utf-8 event");
+            splitter.push(&chunk, |event| {
+                let text = std::str::from_utf8(event).expect("utf-8 event");
                 if text.starts_with(':') {
-                    continue;
+                    return;
                 }
                 assert!(text.starts_with("event: swarm\n"), "{text}");
-                let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-                out.push(serde_json::from_str(&data).expect("swarm json"));
+                let (_, data) = sse::fields(event);
+                out.push(serde_json::from_slice(&data.expect("data")).expect("swarm json"));
                 tx.send_replace(out.len());
-            }
+            });
         }
         out
     });
@@ -188,24 +187,22 @@ pub async fn sse_take(url: &str, last_event_id: Option<i64>, n: usize) -> Vec<Va
     let resp = req.send().await.expect("open stream");
     assert_eq!(resp.status(), 200, "stream {url}");
     let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
+    let mut splitter = sse::Splitter::default();
     let mut out = Vec::new();
     let read = async {
         while out.len() < n {
             let chunk = body.next().await.expect("stream open").expect("stream chunk");
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = buf.drain(..end + 2).collect();
-                let text = String::from_utf8(event).expect("utf-8 event");
+            splitter.push(&chunk, |event| {
+                let text = std::str::from_utf8(event).expect("utf-8 event");
                 if text.starts_with(':') {
-                    continue;
+                    return;
                 }
-                let id: i64 = text.lines().find_map(|l| l.strip_prefix("id: ")).expect("event id").parse().expect("numeric id");
-                let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-                let w: Value = serde_json::from_str(&data).expect("swarm json");
+                let (id, data) = sse::fields(event);
+                let id: i64 = std::str::from_utf8(id.expect("event id")).unwrap().parse().expect("numeric id");
+                let w: Value = serde_json::from_slice(&data.expect("data")).expect("swarm json");
                 assert_eq!(w["window_start"].as_i64(), Some(id), "the SSE id is the window_start");
                 out.push(w);
-            }
+            });
         }
     };
     tokio::time::timeout(Duration::from_secs(20), read).await.expect("windows arrive");

@@ -342,17 +342,15 @@ impl Viewer {
                 if let Ok(resp) = req.send().await {
                     if resp.status() == 200 {
                         let mut body = resp.bytes_stream();
-                        let mut buf = Vec::new();
+                        let mut splitter = emostream::core::sse::Splitter::default();
                         while let Some(Ok(chunk)) = body.next().await {
-                            buf.extend_from_slice(&chunk);
-                            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                                let event: Vec<u8> = buf.drain(..end + 2).collect();
-                                let text = String::from_utf8_lossy(&event);
-                                let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-                                if let Ok(w) = serde_json::from_str::<Value>(&data) {
-                                    s.lock().unwrap().windows.push(w);
+                            splitter.push(&chunk, |event| {
+                                if let (_, Some(data)) = emostream::core::sse::fields(event) {
+                                    if let Ok(w) = serde_json::from_slice::<Value>(&data) {
+                                        s.lock().unwrap().windows.push(w);
+                                    }
                                 }
-                            }
+                            });
                         }
                     }
                 }
