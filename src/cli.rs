@@ -309,7 +309,7 @@ impl PublishFlags {
             scale: self.scale,
             emotions: std::sync::Arc::new(self.emotion_map()?),
             trend: self.trend(),
-            transactional_id: None,
+            instance_id: None,
         })
     }
 }

@@ -210,7 +210,7 @@ pub async fn start_cluster(log: Arc<dyn Log>, id: u32, partitions: u32) -> Resul
     ensure(&*log, partitions, Some(topics::cluster(id))).await?;
     let mut sup = Supervisor::new();
     let l = log.clone();
-    sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, transactional_id: None }, stop));
+    sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, instance_id: None }, stop));
     let ready = format!("cluster {id} running: {} → {}, on {}", topics::MAIN, topics::cluster(id), log.describe());
     Ok(Started { addr: None, ready, supervisor: sup })
 }
@@ -457,7 +457,7 @@ pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
     // The recorder goes in before the stage registers its counters.
     let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.context("aggregate cannot start")?;
-    let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, transactional_id: None };
+    let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, instance_id: None };
     let started = start_aggregate(log, config, a.partitions.partitions).await.context("aggregate cannot start")?;
     serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }

@@ -228,7 +228,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     sup.step();
     let l = log.clone();
     sup.spawn("aggregate", move |stop| {
-        aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, transactional_id: None }, stop)
+        aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, instance_id: None }, stop)
     });
     sup.step();
     let l = log.clone();
@@ -237,13 +237,13 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         scale: config.scale,
         emotions: config.emotions.clone(),
         trend: config.trend.clone(),
-        transactional_id: None,
+        instance_id: None,
     };
     sup.spawn("publish", move |stop| publish::run(l, publish_config, stop));
     sup.step();
     for c in 1..=config.clusters {
         let l = log.clone();
-        sup.spawn(format!("cluster-{c}"), move |stop| cluster::run(l, cluster::ClusterConfig { id: c, transactional_id: None }, stop));
+        sup.spawn(format!("cluster-{c}"), move |stop| cluster::run(l, cluster::ClusterConfig { id: c, instance_id: None }, stop));
     }
 
     // Subscribers and the API.

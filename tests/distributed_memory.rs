@@ -61,7 +61,7 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
     let mut stages = vec![ingest];
     // Two aggregators share the partitions.
     for _ in 0..2 {
-        let config = aggregate::AggregateConfig { window, grace: Duration::from_millis(50), transactional_id: None };
+        let config = aggregate::AggregateConfig { window, grace: Duration::from_millis(50), instance_id: None };
         stages.push(distributed::start_aggregate(log.clone(), config, PARTITIONS).await.unwrap());
     }
     let config = publish::PublishConfig {
@@ -69,7 +69,7 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
         scale: ScaleRule::Normalize(4),
         emotions: Arc::new(EmotionMap::default()),
         trend: TrendConfig::default(),
-        transactional_id: None,
+        instance_id: None,
     };
     stages.push(distributed::start_publish(log.clone(), config, PARTITIONS).await.unwrap());
     for c in 1..=clusters {

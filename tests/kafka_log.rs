@@ -187,7 +187,7 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     let log = log("fence").await;
     log.ensure_topic("in", 1, false).await.unwrap();
     log.ensure_topic("out", 1, false).await.unwrap();
-    let cfg = || ConsumerConfig { transactional_id: Some("stage-1".into()), ..ConsumerConfig::new("in", Some("g"), StartAt::Earliest) };
+    let cfg = || ConsumerConfig { instance_id: Some("stage-1".into()), ..ConsumerConfig::new("in", Some("g"), StartAt::Earliest) };
     let mut first = log.consumer(cfg()).await.unwrap();
     wait_assigned(&mut *first, Duration::from_secs(30)).await;
     let _second = log.consumer(cfg()).await.unwrap();

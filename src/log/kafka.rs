@@ -467,9 +467,14 @@ impl ConsumerContext for Ctx {
 
 struct Inner {
     consumer: BaseConsumer<Ctx>,
-    /// Transactional producer bound to this consumer (grouped consumers only).
-    producer: Option<ThreadedProducer<Quiet>>,
+    /// Transactional producer bound to this consumer (grouped consumers only). `std::sync::Mutex`:
+    /// only commits (on the blocking pool, one at a time) take it, to use or replace the producer.
+    producer: Option<Mutex<Txn>>,
+    /// To create a new transactional producer after a fatal error.
+    log: KafkaConfig,
     grouped: bool,
+    /// The group's broker-side name, for errors.
+    group: String,
     /// Records read in the poll that also brought a rebalance: handed out after its events.
     stashed: Mutex<Vec<Record>>,
     namespace: String,
@@ -507,29 +512,18 @@ impl KafkaConsumer {
             .set("max.poll.interval.ms", "60000")
             .set("fetch.wait.max.ms", "25")
             .set("auto.offset.reset", "earliest");
+        if let (true, Some(instance)) = (grouped, &config.instance_id) {
+            // Static membership (KIP-345): a restarted process with the same id gets its partitions
+            // back at once instead of after a session timeout, and a second live process with the
+            // same id fences the first (which then stops, saying so).
+            cc.set("group.instance.id", namespaced(ns, &format!("{}-{instance}", config.group.as_deref().unwrap_or("reader"))));
+        }
         let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default(), quiet: Quiet::new(&log.brokers) };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
         let producer = if grouped {
-            let txid = namespaced(
-                ns,
-                &config.transactional_id.clone().unwrap_or_else(|| format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader"))),
-            );
-            let mut pc = base_client_config(log);
-            pc.set("transactional.id", &txid)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("linger.ms", "1")
-                // Back-to-back transactions can meet CONCURRENT_TRANSACTIONS while the previous commit's
-                // markers are written (a few ms): retry after 5 ms rather than the default 100 ms.
-                .set("retry.backoff.ms", "5")
-                .set("retry.backoff.max.ms", "100")
-                // An open transaction of a killed process blocks read_committed readers until it times out.
-                .set("transaction.timeout.ms", "10000");
-            // Threaded: delivery reports are served in the background, so an abort can always flush.
-            let p: ThreadedProducer<Quiet> =
-                pc.create_with_context(Quiet::new(&log.brokers)).map_err(|e| other("creating a transactional producer", e))?;
-            p.init_transactions(CALL_TIMEOUT).map_err(|e| tx_error(&e, &txid))?;
-            Some(p)
+            let txid = namespaced(ns, &transactional_id(&config, pid, seq));
+            let p = create_transactional(log, &txid).map_err(|e| tx_error(&e, &format!("starting transactional id `{txid}`")))?;
+            Some(Mutex::new(Txn { producer: p, id: txid }))
         } else {
             None
         };
@@ -542,13 +536,57 @@ impl KafkaConsumer {
             let assigned = consumer.context().assign(&consumer, &partitions, false)?;
             consumer.context().push(Ok(Polled::Assigned(assigned)));
         }
-        let inner = Inner { consumer, producer, grouped, stashed: Mutex::default(), namespace: ns.to_owned() };
+        let inner = Inner { consumer, producer, log: log.clone(), grouped, group, stashed: Mutex::default(), namespace: ns.to_owned() };
         Ok(Self { inner: Some(Arc::new(inner)), inflight: None, ready: None })
     }
 
     fn inner(&self) -> Arc<Inner> {
         self.inner.clone().expect("consumer used after drop")
     }
+}
+
+/// The transactional id of a grouped consumer's producer: stable per `--instance-id` (so a restarted
+/// process fences its predecessor's open transaction at once), else unique to this process.
+fn transactional_id(config: &ConsumerConfig, pid: u32, seq: u64) -> String {
+    let group = config.group.as_deref().unwrap_or("reader");
+    match &config.instance_id {
+        Some(instance) => format!("{group}-{instance}"),
+        None => format!("{group}-{pid}-{seq}"),
+    }
+}
+
+/// A transactional producer, initialized: `init_transactions` fences any earlier producer with the
+/// same id and aborts its open transaction.
+fn create_transactional(log: &KafkaConfig, txid: &str) -> Result<ThreadedProducer<Quiet>, KafkaError> {
+    let mut pc = base_client_config(log);
+    pc.set("transactional.id", txid)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        // Back-to-back transactions can meet CONCURRENT_TRANSACTIONS while the previous commit's
+        // markers are written (a few ms): retry after 5 ms rather than the default 100 ms.
+        .set("retry.backoff.ms", "5")
+        .set("retry.backoff.max.ms", "100")
+        // An open transaction of a killed process that is not restarted (its partitions moved to
+        // another member) blocks read_committed readers until it times out.
+        .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string());
+    // Threaded: delivery reports are served in the background, so an abort can always flush.
+    let p: ThreadedProducer<Quiet> = pc.create_with_context(Quiet::new(&log.brokers))?;
+    p.init_transactions(CALL_TIMEOUT)?;
+    Ok(p)
+}
+
+/// A grouped consumer's transactional producer, replaced when it hits a fatal error.
+struct Txn {
+    producer: ThreadedProducer<Quiet>,
+    id: String,
+}
+
+/// `transaction.timeout.ms`: the coordinator aborts a transaction open longer than this on its own.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
 }
 
 fn tx_error(e: &KafkaError, what: &str) -> LogError {
@@ -599,7 +637,7 @@ impl Inner {
                 }
                 Err(e) => {
                     if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
-                        return Err(other("consumer", e));
+                        return Err(self.fatal().unwrap_or_else(|| other("consumer", e)));
                     }
                     ctx.quiet.report(&format!("reading `{}`: {e}", ctx.topic));
                     if records.is_empty() && !ctx.pending() && Instant::now() < deadline {
@@ -627,9 +665,10 @@ impl Inner {
     }
 
     fn commit(&self, outputs: &[Output], positions: &[Position]) -> Result<(), LogError> {
-        let Some(producer) = &self.producer else {
+        let Some(txn) = &self.producer else {
             return Err(LogError::Other("kafka: commit needs a consumer group (this reader has none)".into()));
         };
+        let mut txn = txn.lock().expect("kafka producer lock poisoned");
         let ctx = self.consumer.context();
         if ctx.pending() {
             // The rebalance callback already gave partitions away (and librdkafka may have rejoined
@@ -639,10 +678,14 @@ impl Inner {
             tracing::info!(topic = %ctx.topic, "commit skipped: a rebalance is under way; resuming from the last commit");
             return Ok(());
         }
+        if let Some(e) = self.fatal() {
+            return Err(e);
+        }
         let cgm = self
             .consumer
             .group_metadata()
             .ok_or_else(|| LogError::Other("kafka: this consumer has no group metadata to commit with".into()))?;
+        let producer = &txn.producer;
         let attempt = || -> Result<(), KafkaError> {
             producer.begin_transaction()?;
             for o in outputs {
@@ -691,18 +734,76 @@ impl Inner {
             producer.commit_transaction(CALL_TIMEOUT)?;
             Ok(())
         };
+        let begun = Instant::now();
         let Err(e) = attempt() else { return Ok(()) };
-        if matches!(&e, KafkaError::Transaction(t) if t.is_fatal()) {
-            return Err(tx_error(&e, "committing a transaction"));
+        if is_fatal(&e) {
+            return self.renew(&mut txn, &e, begun);
         }
         // Anything else (a rebalance underway, the broker away): abort, which retries until the
         // broker answers, then resume from what is committed. Nothing of this attempt is visible.
         tracing::warn!(error = %e, "kafka: commit failed; aborting it and rewinding to the committed positions");
-        with_backoff(&ctx.quiet, || {
-            producer.abort_transaction(CALL_TIMEOUT).map_err(|a| match &a {
-                KafkaError::Transaction(t) if t.is_fatal() => Retry::GiveUp(tx_error(&a, "aborting a transaction")),
-                _ => Retry::Again(format!("aborting a transaction: {a}")),
-            })
+        let mut fatal = None;
+        let aborted = with_backoff(&ctx.quiet, || match txn.producer.abort_transaction(CALL_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(a) if is_fatal(&a) => {
+                let why = a.to_string();
+                fatal = Some(a);
+                Err(Retry::GiveUp(LogError::Other(why)))
+            }
+            Err(a) => Err(Retry::Again(format!("aborting a transaction: {a}"))),
+        });
+        match (aborted, fatal) {
+            (_, Some(a)) => self.renew(&mut txn, &a, begun),
+            (Ok(()), None) => self.rewind(),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// A fatal consumer error (librdkafka stops the consumer): another live member with this static
+    /// instance id fenced it.
+    fn fatal(&self) -> Option<LogError> {
+        let (code, why) = self.consumer.client().fatal_error()?;
+        Some(match code {
+            RDKafkaErrorCode::FencedInstanceId => LogError::Fenced(format!(
+                "another process joined group `{}` with the same instance id ({why}); this one stops. Give each process its own --instance-id",
+                self.group
+            )),
+            _ => LogError::Other(format!("kafka: the consumer of `{}` failed for good: {code:?}: {why}", self.consumer.context().topic)),
+        })
+    }
+
+    /// After a fatal transactional error in a transaction begun at `begun`: a new producer with the
+    /// same transactional id, then back to the committed positions.
+    ///
+    /// Why this happens without any twin: while the broker is away longer than
+    /// `transaction.timeout.ms`, the coordinator, once back, aborts the open transaction and bumps
+    /// the producer's epoch. librdkafka then answers the abort (or the next operation) with a fatal
+    /// error (`INVALID_TXN_STATE`, `PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`) and that producer is
+    /// unusable: before this, the stage failed and took its process down. Nothing of the aborted
+    /// transaction is visible, so a fresh producer (`init_transactions` takes the next epoch) and a
+    /// rewind resume exactly. The coordinator only does that to a transaction open longer than the
+    /// timeout; one fenced sooner was fenced by a live twin with the same id, and that is an error.
+    fn renew(&self, txn: &mut Txn, why: &KafkaError, begun: Instant) -> Result<(), LogError> {
+        if let Some(e) = self.fatal() {
+            return Err(e);
+        }
+        if begun.elapsed() < TRANSACTION_TIMEOUT {
+            return Err(LogError::Fenced(format!(
+                "transactional id `{}`: {why}; another live process uses the same --instance-id and took over this work",
+                txn.id
+            )));
+        }
+        tracing::warn!(
+            transactional_id = %txn.id,
+            error = %why,
+            open_for = ?begun.elapsed(),
+            "kafka: the transaction outlived the transaction timeout while the broker was away, so the coordinator aborted it \
+             and the producer is unusable; starting a new one with the same id and resuming from the last commit"
+        );
+        let quiet = &self.consumer.context().quiet;
+        let id = txn.id.clone();
+        txn.producer = with_backoff(quiet, || {
+            create_transactional(&self.log, &id).map_err(|e| Retry::Again(format!("re-initializing transactional id `{id}`: {e}")))
         })?;
         self.rewind()
     }

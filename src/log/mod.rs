@@ -89,14 +89,16 @@ pub struct ConsumerConfig {
     /// partition and commits nothing.
     pub group: Option<String>,
     pub start: StartAt,
-    /// Kafka: the transactional id prefix of the producer bound to this consumer for
-    /// [`Consumer::commit`]; unique per process. Ignored in memory.
-    pub transactional_id: Option<String>,
+    /// Kafka: this consumer's stable identity across restarts (`--instance-id`): its static group
+    /// membership (`group.instance.id`) and the transactional id of the producer bound to it for
+    /// [`Consumer::commit`], both derived from the group and this id. Two live processes must not
+    /// share one. `None`: a dynamic member with a per-process transactional id. Ignored in memory.
+    pub instance_id: Option<String>,
 }
 
 impl ConsumerConfig {
     pub fn new(topic: impl Into<String>, group: Option<&str>, start: StartAt) -> Self {
-        Self { topic: topic.into(), group: group.map(str::to_owned), start, transactional_id: None }
+        Self { topic: topic.into(), group: group.map(str::to_owned), start, instance_id: None }
     }
 }
 

@@ -34,7 +34,7 @@ pub struct AggregateConfig {
     /// How long after a window's end it stays open for events still on their way.
     pub grace: Duration,
     /// Kafka: transactional id of this aggregator instance (unique per process).
-    pub transactional_id: Option<String>,
+    pub instance_id: Option<String>,
 }
 
 /// What is committed with each partition's offset.
@@ -136,7 +136,7 @@ impl PartitionState {
 pub async fn run(log: Arc<dyn Log>, config: AggregateConfig, shutdown: CancellationToken) -> Result<(), LogError> {
     let mut consumer = log
         .consumer(ConsumerConfig {
-            transactional_id: config.transactional_id.clone(),
+            instance_id: config.instance_id.clone(),
             ..ConsumerConfig::new(topics::EVENTS, Some(GROUP), StartAt::Earliest)
         })
         .await?;

@@ -12,7 +12,7 @@ use crate::log::{ConsumerConfig, Log, LogError, Output, Polled, Position, StartA
 pub struct ClusterConfig {
     /// 1-based cluster id.
     pub id: u32,
-    pub transactional_id: Option<String>,
+    pub instance_id: Option<String>,
 }
 
 pub fn group(id: u32) -> String {
@@ -27,7 +27,7 @@ pub async fn run(log: Arc<dyn Log>, config: ClusterConfig, shutdown: Cancellatio
     let out_topic = topics::cluster(config.id);
     let mut consumer = log
         .consumer(ConsumerConfig {
-            transactional_id: config.transactional_id.clone(),
+            instance_id: config.instance_id.clone(),
             ..ConsumerConfig::new(topics::MAIN, Some(&group(config.id)), StartAt::Tail(1))
         })
         .await?;

@@ -31,7 +31,7 @@ pub struct PublishConfig {
     pub scale: ScaleRule,
     pub emotions: Arc<EmotionMap>,
     pub trend: TrendConfig,
-    pub transactional_id: Option<String>,
+    pub instance_id: Option<String>,
 }
 
 /// Committed with the consumer offsets of `emoji_partials`.
@@ -147,7 +147,7 @@ pub async fn run(log: Arc<dyn Log>, config: PublishConfig, shutdown: Cancellatio
     let partitions = log.partitions(topics::EVENTS).await?;
     let mut consumer = log
         .consumer(ConsumerConfig {
-            transactional_id: config.transactional_id.clone(),
+            instance_id: config.instance_id.clone(),
             ..ConsumerConfig::new(topics::PARTIALS, Some(GROUP), StartAt::Earliest)
         })
         .await?;
