@@ -188,6 +188,33 @@ pub struct KafkaArgs {
     pub connect_timeout: Duration,
 }
 
+/// A stage's stable identity in Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct InstanceFlag {
+    /// Stable identity of this process across restarts (Kafka): its static consumer-group membership
+    /// (group.instance.id) and its transactional id. Restarted with the same id, a process gets its
+    /// partitions back and fences its predecessor's open transaction at once, instead of waiting for
+    /// the session and transaction timeouts. Two live processes must not share one: the newer fences
+    /// the older, which stops and says so. Default: from the stage and its ids (`aggregate-N` with
+    /// `--id N`, `publish`, `cluster-N`; `up` for `up --kafka`); an aggregate without `--id` is a
+    /// dynamic member.
+    #[arg(long, env = "EMOSTREAM_INSTANCE_ID", value_name = "ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+}
+
+/// Parses an instance id: 1-100 characters of letters, digits, `.`, `_` and `-`.
+///
+/// # Errors
+/// A message naming the characters allowed.
+pub fn parse_instance_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} must be 1-100 characters of letters, digits, '.', '_' and '-', e.g. aggregate-2"))
+    }
+}
+
 /// Flags of the ingest API and its batching.
 #[derive(Debug, Clone, Args)]
 pub struct IngestFlags {
@@ -386,6 +413,9 @@ pub struct UpArgs {
     pub partitions: PartitionsFlag,
 
     #[command(flatten)]
+    pub instance: InstanceFlag,
+
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
@@ -403,6 +433,13 @@ pub struct IngestArgs {
 /// Flags of `emostream aggregate`.
 #[derive(Debug, Clone, Args)]
 pub struct AggregateArgs {
+    /// This aggregator's number (1-based), for its default --instance-id `aggregate-N`. Without it
+    /// (and without --instance-id) the aggregator is a dynamic group member: after a kill -9 and
+    /// restart its partitions wait for the session timeout (6 s) and the transaction timeout (10 s).
+    #[arg(long, env = "EMOSTREAM_ID", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=999))]
+    pub id: Option<u32>,
+    #[command(flatten)]
+    pub instance: InstanceFlag,
     #[command(flatten)]
     pub window: WindowFlag,
     #[command(flatten)]
@@ -418,6 +455,8 @@ pub struct AggregateArgs {
 /// Flags of `emostream publish`.
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
+    #[command(flatten)]
+    pub instance: InstanceFlag,
     #[command(flatten)]
     pub window: WindowFlag,
     #[command(flatten)]
@@ -436,6 +475,8 @@ pub struct ClusterArgs {
     /// Which cluster (1-based): forwards main_topic to clusterN. Required.
     #[arg(long, env = "EMOSTREAM_ID", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
     pub id: Option<u32>,
+    #[command(flatten)]
+    pub instance: InstanceFlag,
     #[command(flatten)]
     pub partitions: PartitionsFlag,
     #[command(flatten)]
@@ -538,6 +579,7 @@ impl UpArgs {
             partitions: self.partitions.partitions,
             emotions: std::sync::Arc::new(self.publish.emotion_map()?),
             trend: self.publish.trend(),
+            instance_id: Some(self.instance.instance_id.clone().unwrap_or_else(|| "up".to_owned())),
         })
     }
 }

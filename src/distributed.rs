@@ -206,11 +206,11 @@ pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, pa
 ///
 /// # Errors
 /// When the log cannot be reached.
-pub async fn start_cluster(log: Arc<dyn Log>, id: u32, partitions: u32) -> Result<Started, TopologyError> {
+pub async fn start_cluster(log: Arc<dyn Log>, id: u32, instance_id: Option<String>, partitions: u32) -> Result<Started, TopologyError> {
     ensure(&*log, partitions, Some(topics::cluster(id))).await?;
     let mut sup = Supervisor::new();
     let l = log.clone();
-    sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, instance_id: None }, stop));
+    sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, instance_id }, stop));
     let ready = format!("cluster {id} running: {} → {}, on {}", topics::MAIN, topics::cluster(id), log.describe());
     Ok(Started { addr: None, ready, supervisor: sup })
 }
@@ -457,7 +457,14 @@ pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
     // The recorder goes in before the stage registers its counters.
     let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.context("aggregate cannot start")?;
-    let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, instance_id: None };
+    let instance_id = a.instance.instance_id.clone().or_else(|| a.id.map(|n| format!("aggregate-{n}")));
+    match &instance_id {
+        Some(id) => tracing::info!(instance_id = %id, "static group member: a restart with this id resumes at once"),
+        None => tracing::info!(
+            "no --id or --instance-id: a dynamic group member (after a kill -9, its partitions wait for the session and transaction timeouts)"
+        ),
+    }
+    let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, instance_id };
     let started = start_aggregate(log, config, a.partitions.partitions).await.context("aggregate cannot start")?;
     serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }
@@ -467,7 +474,8 @@ pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When the `--emotions` file cannot be used, Kafka cannot be reached or the stage fails.
 pub async fn publish(a: PublishArgs) -> anyhow::Result<()> {
-    let config = a.publish.publish_config(&a.window)?;
+    let mut config = a.publish.publish_config(&a.window)?;
+    config.instance_id = Some(a.instance.instance_id.clone().unwrap_or_else(|| "publish".to_owned()));
     let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.context("publish cannot start")?;
     let started = start_publish(log, config, a.partitions.partitions).await.context("publish cannot start")?;
@@ -482,7 +490,9 @@ pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let id = a.id.context("--id is required")?;
     let _ = telemetry::prometheus();
     let log = connect(&a.kafka).await.with_context(|| format!("cluster {id} cannot start"))?;
-    let started = start_cluster(log, id, a.partitions.partitions).await.with_context(|| format!("cluster {id} cannot start"))?;
+    let instance_id = a.instance.instance_id.clone().unwrap_or_else(|| format!("cluster-{id}"));
+    let started =
+        start_cluster(log, id, Some(instance_id), a.partitions.partitions).await.with_context(|| format!("cluster {id} cannot start"))?;
     serve(with_metrics(started, a.metrics.metrics_addr).await?).await
 }
 

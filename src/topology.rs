@@ -48,6 +48,9 @@ pub struct UpConfig {
     pub partitions: u32,
     pub emotions: Arc<crate::core::emotion::EmotionMap>,
     pub trend: crate::core::emotion::TrendConfig,
+    /// Kafka: the base of this process's stable instance ids (`{base}-aggregate`, `{base}-publish`,
+    /// `{base}-cluster-N`); `None`: dynamic members. Ignored in memory.
+    pub instance_id: Option<String>,
 }
 
 /// Why the pipeline stopped badly.
@@ -225,10 +228,12 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     sup.spawn("ingest-batcher", |stop| batcher.run(stop));
 
     // Step 2..: the aggregation chain. Consumers are created before the first event can arrive.
+    let base = config.instance_id.clone();
+    let instance = |stage: &str| base.as_ref().map(|b| format!("{b}-{stage}"));
     sup.step();
     let l = log.clone();
     sup.spawn("aggregate", move |stop| {
-        aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, instance_id: None }, stop)
+        aggregate::run(l, aggregate::AggregateConfig { window, grace: config.grace, instance_id: instance("aggregate") }, stop)
     });
     sup.step();
     let l = log.clone();
@@ -237,13 +242,15 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         scale: config.scale,
         emotions: config.emotions.clone(),
         trend: config.trend.clone(),
-        instance_id: None,
+        instance_id: instance("publish"),
     };
     sup.spawn("publish", move |stop| publish::run(l, publish_config, stop));
     sup.step();
     for c in 1..=config.clusters {
         let l = log.clone();
-        sup.spawn(format!("cluster-{c}"), move |stop| cluster::run(l, cluster::ClusterConfig { id: c, instance_id: None }, stop));
+        sup.spawn(format!("cluster-{c}"), move |stop| {
+            cluster::run(l, cluster::ClusterConfig { id: c, instance_id: instance(&format!("cluster-{c}")) }, stop)
+        });
     }
 
     // Subscribers and the API.

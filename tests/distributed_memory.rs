@@ -73,7 +73,7 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
     };
     stages.push(distributed::start_publish(log.clone(), config, PARTITIONS).await.unwrap());
     for c in 1..=clusters {
-        stages.push(distributed::start_cluster(log.clone(), c, PARTITIONS).await.unwrap());
+        stages.push(distributed::start_cluster(log.clone(), c, None, PARTITIONS).await.unwrap());
     }
     (stages, ingest_url)
 }

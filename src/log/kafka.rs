@@ -516,7 +516,7 @@ impl KafkaConsumer {
             // Static membership (KIP-345): a restarted process with the same id gets its partitions
             // back at once instead of after a session timeout, and a second live process with the
             // same id fences the first (which then stops, saying so).
-            cc.set("group.instance.id", namespaced(ns, &format!("{}-{instance}", config.group.as_deref().unwrap_or("reader"))));
+            cc.set("group.instance.id", namespaced(ns, instance));
         }
         let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default(), quiet: Quiet::new(&log.brokers) };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
@@ -548,10 +548,9 @@ impl KafkaConsumer {
 /// The transactional id of a grouped consumer's producer: stable per `--instance-id` (so a restarted
 /// process fences its predecessor's open transaction at once), else unique to this process.
 fn transactional_id(config: &ConsumerConfig, pid: u32, seq: u64) -> String {
-    let group = config.group.as_deref().unwrap_or("reader");
     match &config.instance_id {
-        Some(instance) => format!("{group}-{instance}"),
-        None => format!("{group}-{pid}-{seq}"),
+        Some(instance) => instance.clone(),
+        None => format!("{}-{pid}-{seq}", config.group.as_deref().unwrap_or("reader")),
     }
 }
 

@@ -91,8 +91,7 @@ pub struct ConsumerConfig {
     pub start: StartAt,
     /// Kafka: this consumer's stable identity across restarts (`--instance-id`): its static group
     /// membership (`group.instance.id`) and the transactional id of the producer bound to it for
-    /// [`Consumer::commit`], both derived from the group and this id. Two live processes must not
-    /// share one. `None`: a dynamic member with a per-process transactional id. Ignored in memory.
+    /// [`Consumer::commit`]. Unique per consumer: two live ones must not share it. `None`: a dynamic member with a per-process transactional id. Ignored in memory.
     pub instance_id: Option<String>,
 }
 

@@ -212,6 +212,8 @@ impl Topology {
                 format!("aggregate-{a}"),
                 vec![
                     s("aggregate"),
+                    s("--id"),
+                    a.to_string(),
                     s("--window"),
                     s(shape.window),
                     s("--grace"),
