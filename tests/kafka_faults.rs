@@ -7,43 +7,10 @@
 mod distributed;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distributed::*;
 use serde_json::{Value, json};
-
-/// Sends batches of `n` emojis to `url` until `stop`, tallying every 200.
-type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
-
-fn keep_sending(url: String, n: usize, every: Duration) -> (Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<u64>) {
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (a, s) = (acked.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-        let emojis = ["😀", "😂", "😍", "👍"];
-        let mut i = 0usize;
-        let mut refused = 0;
-        while !s.is_cancelled() {
-            let batch: Vec<&str> = (0..n).map(|k| emojis[(i + k * k) % emojis.len()]).collect();
-            let body: Vec<Value> = batch.iter().map(|e| json!({"emoji": e, "client_id": "sender"})).collect();
-            match client.post(format!("{url}/emojis")).json(&body).send().await {
-                Ok(r) if r.status() == 200 => {
-                    let mut a = a.lock().unwrap();
-                    for e in batch {
-                        *a.entry(e.to_owned()).or_default() += 1;
-                    }
-                }
-                _ => refused += 1,
-            }
-            i += 1;
-            tokio::time::sleep(every).await;
-        }
-        refused
-    });
-    (acked, stop, task)
-}
 
 fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
     for v in viewers {
@@ -67,7 +34,7 @@ async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repe
     }
     wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
 
-    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 40, Duration::from_millis(25));
+    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 40, Duration::from_millis(25), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(4)).await;
     topo.proc("aggregate-1").kill9();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -84,7 +51,7 @@ async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repe
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     let refused = sender.await.unwrap();
-    assert_eq!(refused, 0, "ingest kept answering 200 through the faults");
+    assert!(refused.is_empty(), "ingest kept answering 200 through the faults: {refused:?}");
     let acked = acked.lock().unwrap().clone();
     assert!(acked.values().sum::<u64>() > 10_000, "{acked:?}");
 
@@ -179,7 +146,7 @@ async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
     ];
     wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
 
-    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50));
+    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before: Vec<usize> = viewers.iter().map(Viewer::count).collect();
     topo.proc("subscriber-1.1").kill9();
@@ -188,7 +155,7 @@ async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
     topo.proc("subscriber-1.1").restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
-    assert_eq!(sender.await.unwrap(), 0);
+    assert!(sender.await.unwrap().is_empty());
     let acked = acked.lock().unwrap().clone();
 
     wait_totals(&viewers, &acked, Duration::from_secs(60), &mut topo).await;

@@ -188,6 +188,29 @@ impl KafkaLog {
     }
 }
 
+/// How long a topic that another process (or this one) has just created may take to show in the
+/// metadata of every broker of a cluster.
+const METADATA_SETTLE: Duration = Duration::from_secs(5);
+
+impl KafkaLog {
+    /// The partitions of `topic`, waiting up to [`METADATA_SETTLE`] for it to appear: on a cluster,
+    /// brokers learn of a new topic one after the other, so the broker asked may not know yet of a
+    /// topic created a moment ago through another (seen: a subscriber failing at start with "topic
+    /// `cluster2` does not exist" right after creating it).
+    async fn existing_partitions(&self, topic: &str) -> Result<Option<u32>, LogError> {
+        let deadline = Instant::now() + METADATA_SETTLE;
+        loop {
+            if let Some(n) = self.topic_partitions(topic, CALL_TIMEOUT).await? {
+                return Ok(Some(n));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// librdkafka reports every failed connection attempt, many per second while a broker is away.
 /// This context turns them into one operator-readable warning per [`QUIET_EVERY`] per client.
 #[derive(Debug)]
@@ -278,7 +301,7 @@ impl Log for KafkaLog {
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, LogError> {
-        self.topic_partitions(topic, CALL_TIMEOUT).await?.ok_or_else(|| LogError::NoSuchTopic(self.name(topic)))
+        self.existing_partitions(topic).await?.ok_or_else(|| LogError::NoSuchTopic(self.name(topic)))
     }
 
     async fn append(&self, outputs: Vec<Output>) -> Result<(), LogError> {
@@ -310,7 +333,7 @@ impl Log for KafkaLog {
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
         let topic = self.name(&config.topic);
-        if self.topic_partitions(&config.topic, CALL_TIMEOUT).await?.is_none() {
+        if self.existing_partitions(&config.topic).await?.is_none() {
             return Err(LogError::NoSuchTopic(topic));
         }
         let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -352,10 +375,15 @@ struct Ctx {
     start: StartAt,
     events: Mutex<Events>,
     quiet: Quiet,
+    /// When librdkafka last said this member's group session timed out.
+    session_lost: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "SESSTMOUT" || message.contains("session timed out") {
+            *self.session_lost.lock().expect("kafka session lock poisoned") = Some(Instant::now());
+        }
         self.quiet.log(level, fac, message);
     }
 
@@ -483,6 +511,10 @@ struct Inner {
 /// A Kafka consumer with its transactional producer.
 pub struct KafkaConsumer {
     inner: Option<Arc<Inner>>,
+    /// How `inner` was made, to make it again after librdkafka fenced it by mistake.
+    recipe: Recipe,
+    /// The partitions the stage was last told it owns (for the `Revoked` of a rebuild).
+    owned: std::collections::BTreeSet<u32>,
     /// A poll still running on the blocking pool: a caller that stops waiting (a `select!` at
     /// shutdown) must not lose what it brings, so the next poll (or commit) picks it up.
     inflight: Option<tokio::task::JoinHandle<Result<Polled, LogError>>>,
@@ -490,8 +522,29 @@ pub struct KafkaConsumer {
     ready: Option<Result<Polled, LogError>>,
 }
 
+/// What a consumer is made of.
+#[derive(Clone)]
+struct Recipe {
+    log: KafkaConfig,
+    ns: String,
+    topic: String,
+    config: ConsumerConfig,
+    seq: u64,
+}
+
+/// A static member fenced within this long of losing its session fenced itself (see [`Inner::self_fenced`]).
+const SELF_FENCE_SPAN: Duration = Duration::from_secs(60);
+
 impl KafkaConsumer {
     fn create(log: &KafkaConfig, ns: &str, topic: String, config: ConsumerConfig, seq: u64) -> Result<Self, LogError> {
+        let recipe = Recipe { log: log.clone(), ns: ns.to_owned(), topic, config, seq };
+        let inner = Self::build(&recipe)?;
+        Ok(Self { inner: Some(Arc::new(inner)), recipe, owned: Default::default(), inflight: None, ready: None })
+    }
+
+    fn build(recipe: &Recipe) -> Result<Inner, LogError> {
+        let Recipe { log, ns, topic, config, seq } = recipe;
+        let (ns, topic, seq) = (ns.as_str(), topic.clone(), *seq);
         let pid = std::process::id();
         let grouped = config.group.is_some();
         let group = match &config.group {
@@ -518,10 +571,16 @@ impl KafkaConsumer {
             // same id fences the first (which then stops, saying so).
             cc.set("group.instance.id", namespaced(ns, instance));
         }
-        let ctx = Ctx { topic: topic.clone(), start: config.start, events: Mutex::default(), quiet: Quiet::new(&log.brokers) };
+        let ctx = Ctx {
+            topic: topic.clone(),
+            start: config.start,
+            events: Mutex::default(),
+            quiet: Quiet::new(&log.brokers),
+            session_lost: Mutex::default(),
+        };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
         let producer = if grouped {
-            let txid = namespaced(ns, &transactional_id(&config, pid, seq));
+            let txid = namespaced(ns, &transactional_id(config, pid, seq));
             let p = create_transactional(log, &txid).map_err(|e| tx_error(&e, &format!("starting transactional id `{txid}`")))?;
             Some(Mutex::new(Txn { producer: p, id: txid }))
         } else {
@@ -536,8 +595,49 @@ impl KafkaConsumer {
             let assigned = consumer.context().assign(&consumer, &partitions, false)?;
             consumer.context().push(Ok(Polled::Assigned(assigned)));
         }
-        let inner = Inner { consumer, producer, log: log.clone(), grouped, group, stashed: Mutex::default(), namespace: ns.to_owned() };
-        Ok(Self { inner: Some(Arc::new(inner)), inflight: None, ready: None })
+        Ok(Inner { consumer, producer, log: log.clone(), grouped, group, stashed: Mutex::default(), namespace: ns.to_owned() })
+    }
+
+    /// Replaces a consumer that librdkafka fenced by mistake with a new one under the same ids;
+    /// returns the `Revoked` the stage must see (the new one's assignment comes as `Assigned`).
+    ///
+    /// Why: after a static member's session times out (the broker away, the machine stalled),
+    /// librdkafka rejoins with the same `group.instance.id`, and a response meant for its previous
+    /// member id then reports FENCED_INSTANCE_ID, a fatal error (librdkafka issue #3437): the
+    /// consumer is dead although no other process has the id. Seen in `kafka_outage` after the
+    /// broker's restart. Joining again with the same id is exactly what a restarted process does.
+    async fn rebuild(&mut self) -> Result<Polled, LogError> {
+        tracing::warn!(
+            topic = %self.recipe.topic,
+            instance_id = ?self.recipe.config.instance_id,
+            "kafka: the consumer was fenced by its own previous session (it had timed out), not by another process; \
+             joining the group again with the same instance id and resuming from the last commit"
+        );
+        if let Some(old) = self.inner.take() {
+            let _ = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(old));
+        }
+        let recipe = self.recipe.clone();
+        let quiet = Quiet::new(&recipe.log.brokers);
+        let inner = tokio::task::spawn_blocking(move || {
+            with_backoff(&quiet, || Self::build(&recipe).map_err(|e| Retry::Again(format!("joining the group again: {e}"))))
+        })
+        .await
+        .map_err(|e| other("rebuilding a consumer", e))??;
+        self.inner = Some(Arc::new(inner));
+        Ok(Polled::Revoked(std::mem::take(&mut self.owned).into_iter().collect()))
+    }
+
+    /// Notes what the stage is told it owns.
+    fn track(&mut self, r: &Result<Polled, LogError>) {
+        match r {
+            Ok(Polled::Assigned(a)) => self.owned.extend(a.iter().map(|a| a.partition)),
+            Ok(Polled::Revoked(r)) => {
+                for p in r {
+                    self.owned.remove(p);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn inner(&self) -> Arc<Inner> {
@@ -758,6 +858,14 @@ impl Inner {
         }
     }
 
+    /// Fenced by this member's own previous session rather than by another process: the fatal error
+    /// is FENCED_INSTANCE_ID and the session timed out shortly before (see [`KafkaConsumer::rebuild`]).
+    fn self_fenced(&self) -> bool {
+        let fenced = matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)));
+        let lost = *self.consumer.context().session_lost.lock().expect("kafka session lock poisoned");
+        fenced && lost.is_some_and(|t| t.elapsed() < SELF_FENCE_SPAN)
+    }
+
     /// A fatal consumer error (librdkafka stops the consumer): another live member with this static
     /// instance id fenced it.
     fn fatal(&self) -> Option<LogError> {
@@ -846,6 +954,7 @@ impl Consumer for KafkaConsumer {
     /// what the next call returns.
     async fn poll(&mut self, max_wait: Duration) -> Result<Polled, LogError> {
         if let Some(r) = self.ready.take() {
+            self.track(&r);
             return r;
         }
         if self.inflight.is_none() {
@@ -855,7 +964,12 @@ impl Consumer for KafkaConsumer {
         let handle = self.inflight.as_mut().expect("a poll is in flight");
         let result = handle.await;
         self.inflight = None;
-        result.map_err(|e| other("poll", e))?
+        let r = result.map_err(|e| other("poll", e))?;
+        if r.is_err() && self.inner().self_fenced() {
+            return self.rebuild().await;
+        }
+        self.track(&r);
+        r
     }
 
     async fn commit(&mut self, outputs: Vec<Output>, positions: Vec<Position>) -> Result<(), LogError> {
@@ -868,7 +982,13 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         let inner = self.inner();
-        tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?
+        let r = tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?;
+        if r.is_err() && self.inner().self_fenced() {
+            // Nothing of this commit is visible; the stage resumes from the last one, as after a rebalance.
+            self.ready = Some(self.rebuild().await);
+            return Ok(());
+        }
+        r
     }
 }
 

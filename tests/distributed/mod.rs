@@ -147,6 +147,11 @@ pub struct Shape {
 
 impl Topology {
     pub async fn start(test: &str, shape: Shape) -> Topology {
+        Self::start_on(test, shape, &brokers(), 1).await
+    }
+
+    /// A topology over the Kafka at `kafka` whose processes create their topics with `replication`.
+    pub async fn start_on(test: &str, shape: Shape, kafka: &str, replication: u16) -> Topology {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let namespace = format!("{test}-{}-{nanos}", std::process::id());
         let dir = std::env::temp_dir().join(format!("emostream-{namespace}"));
@@ -155,11 +160,13 @@ impl Topology {
         let common = |v: &mut Vec<String>| {
             v.extend([
                 "--kafka".into(),
-                brokers(),
+                kafka.to_owned(),
                 "--namespace".into(),
                 namespace.clone(),
                 "--partitions".into(),
                 shape.partitions.to_string(),
+                "--replication".into(),
+                replication.to_string(),
             ]);
         };
         let mut procs = BTreeMap::new();
@@ -499,4 +506,44 @@ pub fn merge(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k).or_default() += v;
     }
+}
+
+/// What a [`keep_sending`] sender got 200 for, per emoji.
+pub type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Sends batches of `n` emojis to `url` every `every` until the token is cancelled, tallying every
+/// 200; the task returns the other outcomes by status (0: no answer within `timeout`).
+pub fn keep_sending(
+    url: String,
+    n: usize,
+    every: Duration,
+    timeout: Duration,
+) -> (Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<BTreeMap<u16, u64>>) {
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (a, s) = (acked.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
+        let emojis = ["😀", "😂", "😍", "👍"];
+        let mut i = 0usize;
+        let mut refused = BTreeMap::new();
+        while !s.is_cancelled() {
+            let batch: Vec<&str> = (0..n).map(|k| emojis[(i + k * k) % emojis.len()]).collect();
+            let body: Vec<Value> = batch.iter().map(|e| json!({"emoji": e, "client_id": "sender"})).collect();
+            match client.post(format!("{url}/emojis")).json(&body).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let mut a = a.lock().unwrap();
+                    for e in batch {
+                        *a.entry(e.to_owned()).or_default() += 1;
+                    }
+                }
+                Ok(r) => *refused.entry(r.status().as_u16()).or_default() += 1,
+                Err(_) => *refused.entry(0).or_default() += 1,
+            }
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+        refused
+    });
+    (acked, stop, task)
 }
