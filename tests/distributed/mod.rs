@@ -307,6 +307,24 @@ impl Topology {
         }
     }
 
+    /// The pipeline counters of every stage that serves metrics (partials emitted, windows published
+    /// and forwarded, ingest queue depth), for a failing test's output: they say which stage stalled.
+    pub async fn counters(&self) -> String {
+        let mut out = String::new();
+        for (name, url) in &self.metrics_urls {
+            let text = match reqwest::get(format!("{url}/metrics")).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => format!("unreachable: {e}"),
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && (l.contains("partials_emitted") || l.contains("windows_") || l.contains("unreachable")))
+                .collect();
+            out.push_str(&format!("{name}: {}\n", lines.join("; ")));
+        }
+        out
+    }
+
     /// Every process's log, for a failing test's output.
     pub fn logs(&self) -> String {
         self.procs.values().map(|p| format!("---- {} ----\n{}\n", p.name, tail(&p.log))).collect()
