@@ -217,17 +217,17 @@ impl Topology {
             metrics_urls.insert(format!("aggregate-{a}"), format!("http://127.0.0.1:{port}"));
             add(
                 format!("aggregate-{a}"),
-                vec![
-                    s("aggregate"),
-                    s("--id"),
-                    a.to_string(),
-                    s("--window"),
-                    s(shape.window),
-                    s("--grace"),
-                    s("200ms"),
-                    s("--metrics-addr"),
-                    format!("127.0.0.1:{port}"),
-                ],
+                [s("aggregate")]
+                    .into_iter()
+                    // EMOSTREAM_TEST_DYNAMIC_AGGREGATES=1: without --id, the baseline of the recovery figure.
+                    .chain(
+                        (std::env::var_os("EMOSTREAM_TEST_DYNAMIC_AGGREGATES").is_none())
+                            .then(|| [s("--id"), a.to_string()])
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .chain([s("--window"), s(shape.window), s("--grace"), s("200ms"), s("--metrics-addr"), format!("127.0.0.1:{port}")])
+                    .collect(),
             );
         }
         let mut ingest_urls = Vec::new();
