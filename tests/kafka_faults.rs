@@ -166,16 +166,6 @@ async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
     check(&viewers, &acked, topo.window_ms);
 }
 
-/// The longest a window ending in `(from, to]` (ms) waited to be published: `closed_at - window_end`.
-fn longest_wait(windows: &[Value], from: i64, to: i64) -> i64 {
-    windows
-        .iter()
-        .filter(|w| w["window_end"].as_i64().is_some_and(|e| e > from && e <= to))
-        .map(|w| w["closed_at"].as_i64().unwrap() - w["window_end"].as_i64().unwrap())
-        .max()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_killed_and_restarted_at_once_resumes_within_seconds() {
     let mut topo = Topology::start(

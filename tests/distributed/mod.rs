@@ -565,3 +565,13 @@ pub fn keep_sending(
     });
     (acked, stop, task)
 }
+
+/// The longest a window ending in `(from, to]` (ms) waited to be published: `closed_at - window_end`.
+pub fn longest_wait(windows: &[Value], from: i64, to: i64) -> i64 {
+    windows
+        .iter()
+        .filter(|w| w["window_end"].as_i64().is_some_and(|e| e > from && e <= to))
+        .map(|w| w["closed_at"].as_i64().unwrap() - w["window_end"].as_i64().unwrap())
+        .max()
+        .unwrap_or(0)
+}
