@@ -506,7 +506,13 @@ struct Inner {
     /// Records read in the poll that also brought a rebalance: handed out after its events.
     stashed: Mutex<Vec<Record>>,
     namespace: String,
+    /// When a poll last brought records, and when [`Inner::unstall`] last looked.
+    progress: Mutex<(Instant, Instant)>,
 }
+
+/// How long a consumer may bring nothing while its partitions hold unread records before
+/// [`Inner::unstall`] restarts their fetch.
+const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// A Kafka consumer with its transactional producer.
 pub struct KafkaConsumer {
@@ -595,7 +601,16 @@ impl KafkaConsumer {
             let assigned = consumer.context().assign(&consumer, &partitions, false)?;
             consumer.context().push(Ok(Polled::Assigned(assigned)));
         }
-        Ok(Inner { consumer, producer, log: log.clone(), grouped, group, stashed: Mutex::default(), namespace: ns.to_owned() })
+        Ok(Inner {
+            consumer,
+            producer,
+            log: log.clone(),
+            grouped,
+            group,
+            stashed: Mutex::default(),
+            namespace: ns.to_owned(),
+            progress: Mutex::new((Instant::now(), Instant::now())),
+        })
     }
 
     /// Replaces a consumer that librdkafka fenced by mistake with a new one under the same ids;
@@ -751,15 +766,19 @@ impl Inner {
             }
         }
         if !records.is_empty() {
+            self.progress.lock().expect("progress lock poisoned").0 = Instant::now();
             return Ok(Polled::Records(records));
         }
         if let Some(e) = ctx.pop() {
             return e;
         }
-        let mut stashed = self.stashed.lock().expect("stash lock poisoned");
-        if !stashed.is_empty() {
-            return Ok(Polled::Records(std::mem::take(&mut *stashed)));
+        {
+            let mut stashed = self.stashed.lock().expect("stash lock poisoned");
+            if !stashed.is_empty() {
+                return Ok(Polled::Records(std::mem::take(&mut *stashed)));
+            }
         }
+        self.unstall();
         Ok(Polled::Idle)
     }
 
@@ -855,6 +874,49 @@ impl Inner {
             (_, Some(a)) => self.renew(&mut txn, &a, begun),
             (Ok(()), None) => self.rewind(),
             (Err(e), None) => Err(e),
+        }
+    }
+
+    /// A consumer that has brought nothing for [`STALL_AFTER`] although its partitions hold records
+    /// past its position: says so, and seeks each such partition to where it is, which restarts
+    /// its fetch.
+    ///
+    /// Why: in a rolling restart of a 3-broker cluster the publisher once read nothing for over a
+    /// minute after the leader of `emoji_partials` moved, with every aggregator still committing
+    /// partials behind it and no error reported (librdkafka has had such fetcher stalls after a
+    /// leader change, e.g. issues #2625 and #5153). A read_committed reader also waits here when a
+    /// transaction stays open; the warning then repeats, naming the partition and offsets.
+    fn unstall(&self) {
+        {
+            let mut progress = self.progress.lock().expect("progress lock poisoned");
+            let (last_records, last_check) = *progress;
+            if last_records.elapsed() < STALL_AFTER || last_check.elapsed() < STALL_AFTER {
+                return;
+            }
+            progress.1 = Instant::now();
+        }
+        let ctx = self.consumer.context();
+        let Ok(positions) = self.consumer.position() else { return };
+        let mut stalled = TopicPartitionList::new();
+        let mut seen = Vec::new();
+        for e in positions.elements() {
+            let Offset::Offset(pos) = e.offset() else { continue };
+            let Ok((_, high)) = self.consumer.fetch_watermarks(&ctx.topic, e.partition(), Duration::from_secs(5)) else { continue };
+            // Transaction markers take offsets too: a caught-up reader may sit a marker or two short.
+            if high > pos + 2 && stalled.add_partition_offset(&ctx.topic, e.partition(), Offset::Offset(pos)).is_ok() {
+                seen.push(format!("{}[{}] at {pos} of {high}", ctx.topic, e.partition()));
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            partitions = %seen.join(", "),
+            "kafka: nothing read for {STALL_AFTER:?} although the log holds more; restarting the fetch (if this repeats, a \
+             transaction left open is holding read_committed readers back)"
+        );
+        if let Err(e) = self.consumer.seek_partitions(stalled, Duration::from_secs(5)) {
+            ctx.quiet.report(&format!("restarting the fetch of `{}`: {e}", ctx.topic));
         }
     }
 
