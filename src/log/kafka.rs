@@ -588,7 +588,7 @@ impl KafkaConsumer {
         let producer = if grouped {
             let txid = namespaced(ns, &transactional_id(config, pid, seq));
             let p = create_transactional(log, &txid).map_err(|e| tx_error(&e, &format!("starting transactional id `{txid}`")))?;
-            Some(Mutex::new(Txn { producer: p, id: txid }))
+            Some(Mutex::new(Txn { producer: Arc::new(p), id: txid }))
         } else {
             None
         };
@@ -692,8 +692,93 @@ fn create_transactional(log: &KafkaConfig, txid: &str) -> Result<ThreadedProduce
 
 /// A grouped consumer's transactional producer, replaced when it hits a fatal error.
 struct Txn {
-    producer: ThreadedProducer<Quiet>,
+    /// Shared with the thread a transactional call runs on (see [`bounded`]).
+    producer: Arc<ThreadedProducer<Quiet>>,
     id: String,
+}
+
+/// Timeout handed to each transactional call.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a whole commit (or one abort) may take before its producer counts as stuck.
+const WEDGED_AFTER: Duration = Duration::from_secs(15);
+
+/// Runs `f` on the producer on a thread of its own and waits at most `limit`; `None` when it did not
+/// return by then, and the producer is to be left behind.
+///
+/// Why by hand: librdkafka's `send_offsets_to_transaction` does not honour its timeout and can wait
+/// for ever when the group coordinator's broker goes away (librdkafka issues #5456 and #5511, open
+/// in the bundled 2.12): in a rolling restart of a 3-broker cluster an aggregator, the publisher or
+/// a cluster stage stopped with no error at all while its coordinator's broker restarted. No crate
+/// bounds a blocking FFI call; a thread and a channel do.
+fn bounded<T: Send + 'static>(
+    producer: &Arc<ThreadedProducer<Quiet>>,
+    limit: Duration,
+    f: impl FnOnce(&ThreadedProducer<Quiet>) -> T + Send + 'static,
+) -> Option<T> {
+    let p = producer.clone();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name("kafka-txn".into()).spawn(move || {
+        let _ = tx.send(f(&p));
+    });
+    if spawned.is_err() {
+        return None;
+    }
+    rx.recv_timeout(limit).ok()
+}
+
+/// One transaction: the outputs, the consumer offsets with their checkpoints, commit.
+fn transact(
+    producer: &ThreadedProducer<Quiet>,
+    outputs: &[Output],
+    positions: &[Position],
+    cgm: &rdkafka::consumer::ConsumerGroupMetadata,
+    namespace: &str,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    producer.begin_transaction()?;
+    for o in outputs {
+        let out_topic = namespaced(namespace, &o.topic);
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out_topic).payload(&o.payload[..]);
+        if let Some(k) = &o.key {
+            rec = rec.key(&k[..]);
+        }
+        if let Some(p) = o.partition {
+            rec = rec.partition(p as i32);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = back;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+    if !positions.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for p in positions {
+            tpl.add_partition_offset(topic, p.partition as i32, Offset::Offset(p.offset as i64))?;
+            if let Some(c) = &p.checkpoint {
+                if let Some(mut e) = tpl.find_partition(topic, p.partition as i32) {
+                    e.set_metadata(c);
+                }
+            }
+        }
+        producer.send_offsets_to_transaction(&tpl, cgm, TXN_CALL_TIMEOUT)?;
+    }
+    // rdkafka's commit_transaction flushes first, and that flush waits for delivery reports in
+    // 100 ms slices, which the threaded producer's own thread serves: every commit (so every hop
+    // of a window) paid 100 ms. Wait for the deliveries here, in small steps, instead.
+    let deadline = Instant::now() + TXN_CALL_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+    producer.commit_transaction(TXN_CALL_TIMEOUT)
 }
 
 /// `transaction.timeout.ms`: the coordinator aborts a transaction open longer than this on its own.
@@ -803,57 +888,16 @@ impl Inner {
             .consumer
             .group_metadata()
             .ok_or_else(|| LogError::Other("kafka: this consumer has no group metadata to commit with".into()))?;
-        let producer = &txn.producer;
-        let attempt = || -> Result<(), KafkaError> {
-            producer.begin_transaction()?;
-            for o in outputs {
-                let topic = namespaced(&self.namespace, &o.topic);
-                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).payload(&o.payload[..]);
-                if let Some(k) = &o.key {
-                    rec = rec.key(&k[..]);
-                }
-                if let Some(p) = o.partition {
-                    rec = rec.partition(p as i32);
-                }
-                let mut rec = rec;
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            producer.poll(Duration::from_millis(10));
-                            rec = back;
-                        }
-                        Err((e, _)) => return Err(e),
-                    }
-                }
-            }
-            if !positions.is_empty() {
-                let mut tpl = TopicPartitionList::new();
-                for p in positions {
-                    tpl.add_partition_offset(&ctx.topic, p.partition as i32, Offset::Offset(p.offset as i64))?;
-                    if let Some(c) = &p.checkpoint {
-                        if let Some(mut e) = tpl.find_partition(&ctx.topic, p.partition as i32) {
-                            e.set_metadata(c);
-                        }
-                    }
-                }
-                producer.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT)?;
-            }
-            // rdkafka's commit_transaction flushes first, and that flush waits for delivery reports in
-            // 100 ms slices, which the threaded producer's own thread serves: every commit (so every
-            // hop of a window) paid 100 ms. Wait for the deliveries here, in small steps, instead.
-            let deadline = Instant::now() + CALL_TIMEOUT;
-            while producer.in_flight_count() > 0 {
-                if Instant::now() > deadline {
-                    return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
-                }
-                std::thread::sleep(Duration::from_micros(250));
-            }
-            producer.commit_transaction(CALL_TIMEOUT)?;
-            Ok(())
-        };
         let begun = Instant::now();
-        let Err(e) = attempt() else { return Ok(()) };
+        let job = {
+            let (outputs, positions, namespace, topic) = (outputs.to_vec(), positions.to_vec(), self.namespace.clone(), ctx.topic.clone());
+            move |p: &ThreadedProducer<Quiet>| transact(p, &outputs, &positions, &cgm, &namespace, &topic)
+        };
+        let e = match bounded(&txn.producer, WEDGED_AFTER, job) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => e,
+            None => return self.replace_wedged(&mut txn, "committing a transaction"),
+        };
         if is_fatal(&e) {
             return self.renew(&mut txn, &e, begun);
         }
@@ -861,20 +905,51 @@ impl Inner {
         // broker answers, then resume from what is committed. Nothing of this attempt is visible.
         tracing::warn!(error = %e, "kafka: commit failed; aborting it and rewinding to the committed positions");
         let mut fatal = None;
-        let aborted = with_backoff(&ctx.quiet, || match txn.producer.abort_transaction(CALL_TIMEOUT) {
-            Ok(()) => Ok(()),
-            Err(a) if is_fatal(&a) => {
+        let mut wedged = false;
+        let aborted = with_backoff(&ctx.quiet, || match bounded(&txn.producer, WEDGED_AFTER, |p| p.abort_transaction(TXN_CALL_TIMEOUT)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(a)) if is_fatal(&a) => {
                 let why = a.to_string();
                 fatal = Some(a);
                 Err(Retry::GiveUp(LogError::Other(why)))
             }
-            Err(a) => Err(Retry::Again(format!("aborting a transaction: {a}"))),
+            Some(Err(a)) => Err(Retry::Again(format!("aborting a transaction: {a}"))),
+            None => {
+                wedged = true;
+                Err(Retry::GiveUp(LogError::Other("the abort did not return".into())))
+            }
         });
         match (aborted, fatal) {
             (_, Some(a)) => self.renew(&mut txn, &a, begun),
+            _ if wedged => self.replace_wedged(&mut txn, "aborting a transaction"),
             (Ok(()), None) => self.rewind(),
             (Err(e), None) => Err(e),
         }
+    }
+
+    /// After a transactional call that did not return within [`WEDGED_AFTER`]: a new producer under
+    /// the same transactional id (its `init_transactions` fences the stuck one and aborts whatever
+    /// it had open), then back to the committed positions.
+    fn replace_wedged(&self, txn: &mut Txn, doing: &str) -> Result<(), LogError> {
+        tracing::warn!(
+            transactional_id = %txn.id,
+            "kafka: {doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, \
+             issues #5456 and #5511); leaving that producer behind, starting a new one with the same id and resuming from the \
+             last commit"
+        );
+        self.fresh_producer(txn)?;
+        self.rewind()
+    }
+
+    /// Replaces `txn`'s producer with a new one under the same id, retrying while the broker is away.
+    fn fresh_producer(&self, txn: &mut Txn) -> Result<(), LogError> {
+        let quiet = &self.consumer.context().quiet;
+        let id = txn.id.clone();
+        let p = with_backoff(quiet, || {
+            create_transactional(&self.log, &id).map_err(|e| Retry::Again(format!("re-initializing transactional id `{id}`: {e}")))
+        })?;
+        txn.producer = Arc::new(p);
+        Ok(())
     }
 
     /// A consumer that has brought nothing for [`STALL_AFTER`] although its partitions hold records
@@ -969,11 +1044,7 @@ impl Inner {
             "kafka: the transaction outlived the transaction timeout while the broker was away, so the coordinator aborted it \
              and the producer is unusable; starting a new one with the same id and resuming from the last commit"
         );
-        let quiet = &self.consumer.context().quiet;
-        let id = txn.id.clone();
-        txn.producer = with_backoff(quiet, || {
-            create_transactional(&self.log, &id).map_err(|e| Retry::Again(format!("re-initializing transactional id `{id}`: {e}")))
-        })?;
+        self.fresh_producer(txn)?;
         self.rewind()
     }
 
