@@ -494,7 +494,9 @@ pub async fn wait_windows(viewers: &[Viewer], n: usize, timeout: Duration, topo:
     let deadline = Instant::now() + timeout;
     while viewers.iter().any(|v| v.count() < n) {
         topo.assert_all_running();
-        assert!(Instant::now() < deadline, "viewers did not get {n} windows within {timeout:?}");
+        if Instant::now() > deadline {
+            panic!("viewers did not get {n} windows within {timeout:?}; stage counters:\n{}", topo.counters().await);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
