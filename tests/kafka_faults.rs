@@ -203,3 +203,40 @@ async fn a_stage_killed_and_restarted_at_once_resumes_within_seconds() {
         assert!(waited < 6_000, "after a kill -9 and restart of {stage}, a window waited {waited} ms to be published");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_aggregator_with_an_id_in_use_fences_the_first_which_stops_and_says_so() {
+    let mut topo =
+        Topology::start("twin", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "fast" })
+            .await;
+    let sub = topo.subscribe(json!({"client_id": "viewer", "subscription_key": "11"})).await;
+    let viewers = vec![Viewer::sse("viewer", sub["stream_url"].as_str().unwrap().to_owned())];
+    wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
+
+    // A mistake an operator makes: a second `aggregate --id 1` while the first runs.
+    topo.spawn("aggregate-1-twin", &["aggregate", "--id", "1", "--window", "1s", "--grace", "200ms"]);
+    let mut first = topo.procs.remove("aggregate-1").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = first.exited() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the first aggregate-1 still runs beside its twin");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "a fenced process exits with an error: {status}");
+    let log = std::fs::read_to_string(&first.log).unwrap();
+    assert!(
+        log.contains("fenced") && log.contains("instance id"),
+        "the fenced process says it was fenced by another with the same instance id:\n{}",
+        tail(&first.log)
+    );
+    // The twin carries on: windows keep coming, counted exactly.
+    let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50), Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    assert!(sender.await.unwrap().is_empty(), "ingest kept answering 200");
+    let acked = acked.lock().unwrap().clone();
+    wait_totals(&viewers, &acked, Duration::from_secs(60), &mut topo).await;
+    check(&viewers, &acked, topo.window_ms);
+}

@@ -1033,7 +1033,8 @@ impl Inner {
         }
         if begun.elapsed() < TRANSACTION_TIMEOUT {
             return Err(LogError::Fenced(format!(
-                "transactional id `{}`: {why}; another live process uses the same --instance-id and took over this work",
+                "transactional id `{}`: {why}; another live process with the same instance id took over this work, and this one \
+                 stops. Give each process its own --instance-id",
                 txn.id
             )));
         }

@@ -99,6 +99,11 @@ impl Proc {
         self.start();
     }
 
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
     /// Panics (with its log) when the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut() {
