@@ -508,6 +508,9 @@ struct Inner {
     namespace: String,
     /// When a poll last brought records, and when [`Inner::unstall`] last looked.
     progress: Mutex<(Instant, Instant)>,
+    /// The group refused this member's offsets while the consumer itself stayed healthy: it must
+    /// join again (see [`Inner::commit`]).
+    stale_member: std::sync::atomic::AtomicBool,
 }
 
 /// How long a consumer may bring nothing while its partitions hold unread records before
@@ -610,6 +613,7 @@ impl KafkaConsumer {
             stashed: Mutex::default(),
             namespace: ns.to_owned(),
             progress: Mutex::new((Instant::now(), Instant::now())),
+            stale_member: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -898,6 +902,21 @@ impl Inner {
             Some(Err(e)) => e,
             None => return self.replace_wedged(&mut txn, "committing a transaction"),
         };
+        if e.to_string().contains("Static consumer fenced") {
+            // The group refused this member's offsets: its member id is stale. A live twin that took
+            // the id also gets this consumer fenced by its next heartbeat (then it stops); otherwise
+            // librdkafka lost track after a session timeout and kept the old id, so every retry is
+            // refused the same way (seen in kafka_outage): the consumer must join again.
+            let _ = bounded(&txn.producer, WEDGED_AFTER, |p| p.abort_transaction(TXN_CALL_TIMEOUT));
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.consumer.client().fatal_error().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.consumer.client().fatal_error().is_none() {
+                self.stale_member.store(true, std::sync::atomic::Ordering::Release);
+            }
+            return Err(self.fatal().unwrap_or_else(|| LogError::Fenced(format!("the group refused this member's offsets ({e})"))));
+        }
         if is_fatal(&e) {
             return self.renew(&mut txn, &e, begun);
         }
@@ -998,6 +1017,9 @@ impl Inner {
     /// Fenced by this member's own previous session rather than by another process: the fatal error
     /// is FENCED_INSTANCE_ID and the session timed out shortly before (see [`KafkaConsumer::rebuild`]).
     fn self_fenced(&self) -> bool {
+        if self.stale_member.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
         let fenced = matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)));
         let lost = *self.consumer.context().session_lost.lock().expect("kafka session lock poisoned");
         fenced && lost.is_some_and(|t| t.elapsed() < SELF_FENCE_SPAN)
