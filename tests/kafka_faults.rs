@@ -12,15 +12,6 @@ use std::time::Duration;
 use distributed::*;
 use serde_json::{Value, json};
 
-fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
-    for v in viewers {
-        let w = v.windows();
-        assert_consecutive(&w, window_ms, &v.id);
-        assert_eq!(&totals(&w), acked, "{}: counted exactly what was acked", v.id);
-    }
-    assert_identical(viewers);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repeats_nothing() {
     let mut topo =
@@ -56,7 +47,7 @@ async fn killing_and_adding_aggregators_and_killing_the_publisher_loses_and_repe
     assert!(acked.values().sum::<u64>() > 10_000, "{acked:?}");
 
     wait_totals(&viewers, &acked, Duration::from_secs(120), &mut topo).await;
-    check(&viewers, &acked, topo.window_ms);
+    assert_exact(&viewers, &acked, topo.window_ms);
     // The restarted publisher carried the trend on from its checkpoint: every window's emotion fields
     // are what one uninterrupted run computes.
     let all: Value = reqwest::get(format!("{}/windows?limit=100000", topo.registry_url)).await.unwrap().json().await.unwrap();
@@ -163,7 +154,7 @@ async fn viewers_of_a_killed_subscriber_reconnect_and_miss_no_window() {
         assert!(v.seen.lock().unwrap().reconnects >= 1, "{} reconnected", v.id);
         assert!(v.count() > b + 4, "{} got the windows it missed", v.id);
     }
-    check(&viewers, &acked, topo.window_ms);
+    assert_exact(&viewers, &acked, topo.window_ms);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +187,7 @@ async fn a_stage_killed_and_restarted_at_once_resumes_within_seconds() {
     assert!(sender.await.unwrap().is_empty(), "ingest kept answering 200");
     let acked = acked.lock().unwrap().clone();
     wait_totals(&viewers, &acked, Duration::from_secs(120), &mut topo).await;
-    check(&viewers, &acked, topo.window_ms);
+    assert_exact(&viewers, &acked, topo.window_ms);
     for (stage, waited) in figures {
         // The target is 3 s; a dynamic member waited 16 s. Twice the target leaves room for a
         // loaded machine and still catches a restart that waits for a timeout.
@@ -238,5 +229,5 @@ async fn a_second_aggregator_with_an_id_in_use_fences_the_first_which_stops_and_
     assert!(sender.await.unwrap().is_empty(), "ingest kept answering 200");
     let acked = acked.lock().unwrap().clone();
     wait_totals(&viewers, &acked, Duration::from_secs(60), &mut topo).await;
-    check(&viewers, &acked, topo.window_ms);
+    assert_exact(&viewers, &acked, topo.window_ms);
 }

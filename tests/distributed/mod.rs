@@ -582,3 +582,13 @@ pub fn longest_wait(windows: &[Value], from: i64, to: i64) -> i64 {
         .max()
         .unwrap_or(0)
 }
+
+/// Every viewer got each window once, in order, counting exactly what was acked, and all saw the same windows.
+pub fn assert_exact(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
+    for v in viewers {
+        let w = v.windows();
+        assert_consecutive(&w, window_ms, &v.id);
+        assert_eq!(&totals(&w), acked, "{}: counted exactly what was acked", v.id);
+    }
+    assert_identical(viewers);
+}
