@@ -135,6 +135,11 @@ fn base_client_config(config: &KafkaConfig) -> ClientConfig {
         .set_log_level(RDKafkaLogLevel::Warning)
         // Errors come through the context (one warning per 10 s), not as a log line per attempt.
         .set("log.connection.close", "false");
+    // For a stall nobody can explain yet: librdkafka's own debug log (its contexts, e.g.
+    // `cgrp,eos,fetch`), shown with `RUST_LOG=librdkafka=debug`.
+    if let Ok(contexts) = std::env::var("EMOSTREAM_KAFKA_DEBUG") {
+        c.set("debug", contexts).set_log_level(RDKafkaLogLevel::Debug);
+    }
     c
 }
 
@@ -902,7 +907,7 @@ impl Inner {
             Some(Err(e)) => e,
             None => return self.replace_wedged(&mut txn, "committing a transaction"),
         };
-        if e.to_string().contains("Static consumer fenced") {
+        if matches!(&e, KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::FencedInstanceId) {
             // The group refused this member's offsets: its member id is stale. A live twin that took
             // the id also gets this consumer fenced by its next heartbeat (then it stops); otherwise
             // librdkafka lost track after a session timeout and kept the old id, so every retry is
@@ -1049,11 +1054,19 @@ impl Inner {
     /// transaction is visible, so a fresh producer (`init_transactions` takes the next epoch) and a
     /// rewind resume exactly. The coordinator only does that to a transaction open longer than the
     /// timeout; one fenced sooner was fenced by a live twin with the same id, and that is an error.
+    ///
+    /// `INVALID_TXN_STATE` is never a twin (a twin's epoch makes every call of ours answer
+    /// `PRODUCER_FENCED` first): it says that the coordinator's state is not the one librdkafka
+    /// expects. Seen when the broker leading a partition of the previous transaction was killed:
+    /// its commit markers waited some 9 s for a new leader, every call of the next transaction got
+    /// `CONCURRENT_TRANSACTIONS` until `send_offsets_to_transaction` gave up, and the abort of that
+    /// transaction, which the coordinator had never registered, then got `INVALID_TXN_STATE`.
     fn renew(&self, txn: &mut Txn, why: &KafkaError, begun: Instant) -> Result<(), LogError> {
         if let Some(e) = self.fatal() {
             return Err(e);
         }
-        if begun.elapsed() < TRANSACTION_TIMEOUT {
+        let state_mismatch = matches!(why, KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::InvalidTransactionalState);
+        if !state_mismatch && begun.elapsed() < TRANSACTION_TIMEOUT {
             return Err(LogError::Fenced(format!(
                 "transactional id `{}`: {why}; another live process with the same instance id took over this work, and this one \
                  stops. Give each process its own --instance-id",
@@ -1064,8 +1077,9 @@ impl Inner {
             transactional_id = %txn.id,
             error = %why,
             open_for = ?begun.elapsed(),
-            "kafka: the transaction outlived the transaction timeout while the broker was away, so the coordinator aborted it \
-             and the producer is unusable; starting a new one with the same id and resuming from the last commit"
+            "kafka: the transaction coordinator ended this transaction on its own (it outlived the transaction timeout while \
+             a broker was away, or a broker's failover left it in another state), so the producer is unusable; starting a new \
+             one with the same id and resuming from the last commit"
         );
         self.fresh_producer(txn)?;
         self.rewind()

@@ -68,6 +68,10 @@ impl Proc {
             }
         }
         cmd.env("RUST_LOG", "info,librdkafka=warn").env("NO_COLOR", "1");
+        // EMOSTREAM_TEST_KAFKA_DEBUG=cgrp,eos: librdkafka's debug log in every stage's log.
+        if let Ok(contexts) = std::env::var("EMOSTREAM_TEST_KAFKA_DEBUG") {
+            cmd.env("EMOSTREAM_KAFKA_DEBUG", contexts).env("RUST_LOG", "info,librdkafka=debug");
+        }
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)));
     }
 
@@ -330,6 +334,24 @@ impl Topology {
         out
     }
 
+    /// Every running process's threads, as gdb sees them, into `<name>.stacks` beside its log: a
+    /// stage that stopped making progress without an error shows where it waits.
+    pub fn dump_stacks(&mut self) {
+        for p in self.procs.values_mut() {
+            let Some(pid) = p.child.as_ref().map(Child::id) else { continue };
+            if p.exited().is_some() {
+                continue;
+            }
+            let out = Command::new("gdb")
+                .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+                .stdin(Stdio::null())
+                .output();
+            if let Ok(out) = out {
+                let _ = std::fs::write(self.dir.join(format!("{}.stacks", p.name)), out.stdout);
+            }
+        }
+    }
+
     /// Every process's log, for a failing test's output.
     pub fn logs(&self) -> String {
         self.procs.values().map(|p| format!("---- {} ----\n{}\n", p.name, tail(&p.log))).collect()
@@ -339,6 +361,7 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            self.dump_stacks();
             eprintln!("process logs in {}:\n{}", self.dir.display(), self.logs());
         }
     }
