@@ -171,7 +171,8 @@ async fn still_receiving(viewers: &[Viewer], more: usize, what: &str, topo: &mut
     while viewers.iter().zip(&before).any(|(v, b)| v.count() < b + more) {
         topo.assert_all_running();
         if Instant::now() > deadline {
-            panic!("viewers stopped receiving windows {what}; stage counters:\n{}", topo.counters().await);
+            let got: Vec<String> = viewers.iter().zip(&before).map(|(v, b)| format!("{} {b} -> {}", v.id, v.count())).collect();
+            panic!("viewers stopped receiving windows {what} (windows: {}); stage counters:\n{}", got.join(", "), topo.counters().await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -338,13 +338,14 @@ impl Log for KafkaLog {
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>, LogError> {
         let topic = self.name(&config.topic);
-        if self.existing_partitions(&config.topic).await?.is_none() {
+        let Some(partitions) = self.existing_partitions(&config.topic).await? else {
             return Err(LogError::NoSuchTopic(topic));
-        }
+        };
         let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
         let log_config = self.config.clone();
         let ns = self.config.namespace.clone();
-        let consumer = tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, config, seq))
+        let consumer =
+            tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, partitions, config, seq))
             .await
             .map_err(|e| other("creating a consumer", e))??;
         Ok(Box::new(consumer))
@@ -542,6 +543,9 @@ struct Recipe {
     log: KafkaConfig,
     ns: String,
     topic: String,
+    /// How many partitions `topic` has, as [`KafkaLog::consumer`] found (an ungrouped reader
+    /// assigns itself all of them).
+    partitions: u32,
     config: ConsumerConfig,
     seq: u64,
 }
@@ -550,14 +554,14 @@ struct Recipe {
 const SELF_FENCE_SPAN: Duration = Duration::from_secs(60);
 
 impl KafkaConsumer {
-    fn create(log: &KafkaConfig, ns: &str, topic: String, config: ConsumerConfig, seq: u64) -> Result<Self, LogError> {
-        let recipe = Recipe { log: log.clone(), ns: ns.to_owned(), topic, config, seq };
+    fn create(log: &KafkaConfig, ns: &str, topic: String, partitions: u32, config: ConsumerConfig, seq: u64) -> Result<Self, LogError> {
+        let recipe = Recipe { log: log.clone(), ns: ns.to_owned(), topic, partitions, config, seq };
         let inner = Self::build(&recipe)?;
         Ok(Self { inner: Some(Arc::new(inner)), recipe, owned: Default::default(), inflight: None, ready: None })
     }
 
     fn build(recipe: &Recipe) -> Result<Inner, LogError> {
-        let Recipe { log, ns, topic, config, seq } = recipe;
+        let Recipe { log, ns, topic, partitions, config, seq } = recipe;
         let (ns, topic, seq) = (ns.as_str(), topic.clone(), *seq);
         let pid = std::process::id();
         let grouped = config.group.is_some();
@@ -603,9 +607,11 @@ impl KafkaConsumer {
         if grouped {
             consumer.subscribe(&[&topic]).map_err(|e| other(&format!("subscribing to `{topic}`"), e))?;
         } else {
-            let md = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT).map_err(|e| unreachable(log, e))?;
-            let n = md.topics().first().map_or(0, |t| t.partitions().len() as u32);
-            let partitions: Vec<u32> = (0..n).collect();
+            // Not from this consumer's own metadata: on a cluster, the broker it asks may not know
+            // yet of a topic created a moment ago, and answers with no partitions; the reader then
+            // assigned itself nothing and never read (seen: a subscriber that served no window in
+            // kafka_cluster, with every stage before it working).
+            let partitions: Vec<u32> = (0..*partitions).collect();
             let assigned = consumer.context().assign(&consumer, &partitions, false)?;
             consumer.context().push(Ok(Polled::Assigned(assigned)));
         }

@@ -523,7 +523,8 @@ pub async fn wait_windows(viewers: &[Viewer], n: usize, timeout: Duration, topo:
     while viewers.iter().any(|v| v.count() < n) {
         topo.assert_all_running();
         if Instant::now() > deadline {
-            panic!("viewers did not get {n} windows within {timeout:?}; stage counters:\n{}", topo.counters().await);
+            let got: Vec<String> = viewers.iter().map(|v| format!("{} {}", v.id, v.count())).collect();
+            panic!("viewers did not get {n} windows within {timeout:?} (got: {}); stage counters:\n{}", got.join(", "), topo.counters().await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
