@@ -741,6 +741,11 @@ fn bounded<T: Send + 'static>(
     rx.recv_timeout(limit).ok()
 }
 
+/// What [`Inner::replace_producer`] says of a call [`bounded`] gave up on.
+fn wedged(doing: &str) -> String {
+    format!("{doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, issues #5456 and #5511)")
+}
+
 /// One transaction: the outputs, the consumer offsets with their checkpoints, commit.
 fn transact(
     producer: &ThreadedProducer<Quiet>,
@@ -793,7 +798,19 @@ fn transact(
         }
         std::thread::sleep(Duration::from_micros(250));
     }
-    producer.commit_transaction(TXN_CALL_TIMEOUT)
+    // A commit that timed out goes on in the background and must be resumed by calling commit
+    // again, not aborted: an abort then only gets "Conflicting commit_transaction API call is
+    // already in progress", for ever (seen when a broker was killed in kafka_cluster). Bounded, so
+    // that a thread [`bounded`] gave up on does not go on.
+    let started = Instant::now();
+    loop {
+        match producer.commit_transaction(TXN_CALL_TIMEOUT) {
+            Err(KafkaError::Transaction(t)) if t.is_retriable() && !t.txn_requires_abort() && started.elapsed() < WEDGED_AFTER => {
+                tracing::info!(error = %t, "kafka: the commit has not finished yet; resuming it");
+            }
+            done => return done,
+        }
+    }
 }
 
 /// `transaction.timeout.ms`: the coordinator aborts a transaction open longer than this on its own.
@@ -911,7 +928,7 @@ impl Inner {
         let e = match bounded(&txn.producer, WEDGED_AFTER, job) {
             Some(Ok(())) => return Ok(()),
             Some(Err(e)) => e,
-            None => return self.replace_wedged(&mut txn, "committing a transaction"),
+            None => return self.replace_producer(&mut txn, &wedged("committing a transaction")),
         };
         if matches!(&e, KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::FencedInstanceId) {
             // The group refused this member's offsets: its member id is stale. A live twin that took
@@ -935,7 +952,7 @@ impl Inner {
         // broker answers, then resume from what is committed. Nothing of this attempt is visible.
         tracing::warn!(error = %e, "kafka: commit failed; aborting it and rewinding to the committed positions");
         let mut fatal = None;
-        let mut wedged = false;
+        let mut stuck = None;
         let aborted = with_backoff(&ctx.quiet, || match bounded(&txn.producer, WEDGED_AFTER, |p| p.abort_transaction(TXN_CALL_TIMEOUT)) {
             Some(Ok(())) => Ok(()),
             Some(Err(a)) if is_fatal(&a) => {
@@ -943,29 +960,38 @@ impl Inner {
                 fatal = Some(a);
                 Err(Retry::GiveUp(LogError::Other(why)))
             }
+            // The commit itself still runs in librdkafka (it timed out, and a resumed commit did
+            // not finish either): no abort can start; do what a wedged call gets.
+            Some(Err(KafkaError::Transaction(a)))
+                if matches!(a.code(), RDKafkaErrorCode::Conflict | RDKafkaErrorCode::PreviousInProgress) =>
+            {
+                stuck = Some(format!("the abort cannot start while the timed-out commit still runs ({a})"));
+                Err(Retry::GiveUp(LogError::Other(a.to_string())))
+            }
             Some(Err(a)) => Err(Retry::Again(format!("aborting a transaction: {a}"))),
             None => {
-                wedged = true;
+                stuck = Some(wedged("aborting a transaction"));
                 Err(Retry::GiveUp(LogError::Other("the abort did not return".into())))
             }
         });
-        match (aborted, fatal) {
-            (_, Some(a)) => self.renew(&mut txn, &a, begun),
-            _ if wedged => self.replace_wedged(&mut txn, "aborting a transaction"),
-            (Ok(()), None) => self.rewind(),
-            (Err(e), None) => Err(e),
+        match (aborted, fatal, stuck) {
+            (_, Some(a), _) => self.renew(&mut txn, &a, begun),
+            (_, None, Some(why)) => self.replace_producer(&mut txn, &why),
+            (Ok(()), None, None) => self.rewind(),
+            (Err(e), None, None) => Err(e),
         }
     }
 
-    /// After a transactional call that did not return within [`WEDGED_AFTER`]: a new producer under
-    /// the same transactional id (its `init_transactions` fences the stuck one and aborts whatever
-    /// it had open), then back to the committed positions.
-    fn replace_wedged(&self, txn: &mut Txn, doing: &str) -> Result<(), LogError> {
+    /// After a transactional call that cannot go on (it did not return within [`WEDGED_AFTER`], or
+    /// librdkafka still runs a commit no abort can interrupt): a new producer under the same
+    /// transactional id (its `init_transactions` fences the stuck one and completes or aborts
+    /// whatever it had open), then back to the committed positions. Exact either way: the
+    /// coordinator commits outputs and offsets together or neither, and the rewind reads the
+    /// offsets it settled on.
+    fn replace_producer(&self, txn: &mut Txn, why: &str) -> Result<(), LogError> {
         tracing::warn!(
             transactional_id = %txn.id,
-            "kafka: {doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, \
-             issues #5456 and #5511); leaving that producer behind, starting a new one with the same id and resuming from the \
-             last commit"
+            "kafka: {why}; leaving that producer behind, starting a new one with the same id and resuming from the last commit"
         );
         self.fresh_producer(txn)?;
         self.rewind()
@@ -1079,16 +1105,12 @@ impl Inner {
                 txn.id
             )));
         }
-        tracing::warn!(
-            transactional_id = %txn.id,
-            error = %why,
-            open_for = ?begun.elapsed(),
-            "kafka: the transaction coordinator ended this transaction on its own (it outlived the transaction timeout while \
-             a broker was away, or a broker's failover left it in another state), so the producer is unusable; starting a new \
-             one with the same id and resuming from the last commit"
+        let why = format!(
+            "the transaction coordinator ended the transaction on its own after {:?} (it outlived the transaction timeout while \
+             a broker was away, or a broker's failover left it in another state): {why}",
+            begun.elapsed()
         );
-        self.fresh_producer(txn)?;
-        self.rewind()
+        self.replace_producer(txn, &why)
     }
 
     /// After an aborted commit: back to the committed positions, reported as a rebalance. Retries
