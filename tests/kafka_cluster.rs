@@ -10,8 +10,9 @@
 //! Run alone with
 //! `EMOSTREAM_TEST_KAFKA=127.0.0.1:19092 cargo test --test kafka_cluster -- --nocapture --test-threads 1`
 //! (no broker needs to run on that port: only the port is read). When a stage stops making progress,
-//! the failing test leaves every stage's log and its threads (`<stage>.stacks`, from gdb) in the
-//! directory it prints; `EMOSTREAM_TEST_KAFKA_DEBUG=cgrp,eos,fetch` adds librdkafka's debug log.
+//! the failing test leaves every stage's log in the directory it prints; `EMOSTREAM_TEST_STACKS=1`
+//! adds their threads (`<stage>.stacks`, from gdb) and `EMOSTREAM_TEST_KAFKA_DEBUG=cgrp,eos,fetch`
+//! librdkafka's debug log.
 
 #![cfg(feature = "kafka")]
 

@@ -837,6 +837,13 @@ impl Inner {
         if let Some(e) = ctx.pop() {
             return e;
         }
+        // librdkafka reports a fatal error once, as one event, and whichever call serves the queue
+        // (a rewind's offset lookup, say) may take it; a fatal consumer then brings nothing, for
+        // ever, without a word (seen: a cluster stage fenced by its own timed-out session during a
+        // broker kill sat idle). Look at the state, not for the event.
+        if let Some(e) = self.fatal() {
+            return Err(e);
+        }
         {
             let mut stashed = self.stashed.lock().expect("stash lock poisoned");
             if !stashed.is_empty() {
@@ -1151,18 +1158,19 @@ impl Consumer for KafkaConsumer {
     /// Cancellation-safe: when the caller stops waiting, the poll keeps running and its result is
     /// what the next call returns.
     async fn poll(&mut self, max_wait: Duration) -> Result<Polled, LogError> {
-        if let Some(r) = self.ready.take() {
-            self.track(&r);
-            return r;
-        }
-        if self.inflight.is_none() {
-            let inner = self.inner();
-            self.inflight = Some(tokio::task::spawn_blocking(move || inner.poll(max_wait)));
-        }
-        let handle = self.inflight.as_mut().expect("a poll is in flight");
-        let result = handle.await;
-        self.inflight = None;
-        let r = result.map_err(|e| other("poll", e))?;
+        let r = match self.ready.take() {
+            Some(r) => r,
+            None => {
+                if self.inflight.is_none() {
+                    let inner = self.inner();
+                    self.inflight = Some(tokio::task::spawn_blocking(move || inner.poll(max_wait)));
+                }
+                let handle = self.inflight.as_mut().expect("a poll is in flight");
+                let result = handle.await;
+                self.inflight = None;
+                result.map_err(|e| other("poll", e))?
+            }
+        };
         if r.is_err() && self.inner().self_fenced() {
             return self.rebuild().await;
         }

@@ -334,21 +334,30 @@ impl Topology {
         out
     }
 
-    /// Every running process's threads, as gdb sees them, into `<name>.stacks` beside its log: a
-    /// stage that stopped making progress without an error shows where it waits.
+    /// With `EMOSTREAM_TEST_STACKS=1`: every running process's threads, as gdb sees them, into
+    /// `<name>.stacks` beside its log, so that a stage that stopped making progress without an error
+    /// shows where it waits. Opt-in: gdb takes tens of seconds per debug binary on a busy machine.
     pub fn dump_stacks(&mut self) {
+        if std::env::var_os("EMOSTREAM_TEST_STACKS").is_none() {
+            return;
+        }
+        let mut gdbs = Vec::new();
         for p in self.procs.values_mut() {
             let Some(pid) = p.child.as_ref().map(Child::id) else { continue };
             if p.exited().is_some() {
                 continue;
             }
-            let out = Command::new("gdb")
+            let Ok(file) = std::fs::File::create(self.dir.join(format!("{}.stacks", p.name))) else { continue };
+            let gdb = Command::new("gdb")
                 .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
                 .stdin(Stdio::null())
-                .output();
-            if let Ok(out) = out {
-                let _ = std::fs::write(self.dir.join(format!("{}.stacks", p.name)), out.stdout);
-            }
+                .stdout(file)
+                .stderr(Stdio::null())
+                .spawn();
+            gdbs.extend(gdb);
+        }
+        for mut g in gdbs {
+            let _ = g.wait();
         }
     }
 
