@@ -20,7 +20,6 @@ mod distributed;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use distributed::*;
@@ -29,7 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 
 /// One cluster at a time.
-static CLUSTER: Mutex<()> = Mutex::new(());
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Cluster {
     port: u16,
@@ -146,13 +145,14 @@ async fn viewers(topo: &mut Topology) -> Vec<Viewer> {
 }
 
 /// Steady senders on every ingest; a request may wait through a leader election, never time out.
-fn senders(topo: &Topology) -> Vec<(Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<BTreeMap<u16, u64>>)> {
+/// A steady sender: what it got acknowledged, its stop, and its refusals by status.
+type Sender = (Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<BTreeMap<u16, u64>>);
+
+fn senders(topo: &Topology) -> Vec<Sender> {
     topo.ingest_urls.iter().map(|u| keep_sending(u.clone(), 20, Duration::from_millis(20), Duration::from_secs(90))).collect()
 }
 
-async fn stop_senders(
-    senders: Vec<(Acked, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<BTreeMap<u16, u64>>)>,
-) -> (BTreeMap<String, u64>, BTreeMap<u16, u64>) {
+async fn stop_senders(senders: Vec<Sender>) -> (BTreeMap<String, u64>, BTreeMap<u16, u64>) {
     let (mut acked, mut refused) = (BTreeMap::new(), BTreeMap::new());
     for (a, stop, task) in senders {
         stop.cancel();
@@ -186,7 +186,7 @@ fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_three_brokers_loses_and_repeats_nothing() {
-    let _turn = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = CLUSTER.lock().await;
     let cluster = Cluster::start();
     let mut topo = Topology::start_on("rolling", SHAPE, &cluster.bootstrap(), 3).await;
     cluster.assert_replicated(&format!("{}.emoji_topic", topo.namespace));
@@ -212,7 +212,7 @@ async fn a_rolling_restart_of_all_three_brokers_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_loses_and_repeats_nothing() {
-    let _turn = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = CLUSTER.lock().await;
     let cluster = Cluster::start();
     let mut topo = Topology::start_on("leaderkill", SHAPE, &cluster.bootstrap(), 3).await;
     let viewers = viewers(&mut topo).await;
