@@ -538,9 +538,6 @@ const STALL_AFTER: Duration = Duration::from_secs(10);
 enum Holder {
     Us,
     Other(String),
-    /// The coordinator lists no member with the id.
-    Nobody,
-    /// The coordinator could not be asked.
     Unknown,
 }
 
@@ -1106,9 +1103,7 @@ impl Inner {
             return false;
         }
         match self.instance_holder() {
-            // Nobody: a twin would be listed (it joined the group to fence this one), so no process
-            // runs with the id; seen when the coordinator's broker was killed.
-            Holder::Us | Holder::Nobody => true,
+            Holder::Us => true,
             Holder::Other(_) => false,
             // The coordinator cannot say: a session that timed out just before is the known cause.
             Holder::Unknown => {
@@ -1124,11 +1119,11 @@ impl Inner {
     fn instance_holder(&self) -> Holder {
         let Some(instance) = &self.instance else { return Holder::Unknown };
         let deadline = Instant::now() + Duration::from_secs(6);
-        let mut seen = None;
+        let mut seen = String::new();
         while Instant::now() < deadline {
             if let Ok(list) = self.consumer.client().fetch_group_list(Some(&self.group), Duration::from_secs(3)) {
                 let members: Vec<_> = list.groups().iter().flat_map(|g| g.members()).collect();
-                seen = Some(members.iter().map(|m| format!("{} ({})", m.id(), m.client_id())).collect::<Vec<_>>().join(", "));
+                seen = members.iter().map(|m| format!("{} ({})", m.id(), m.client_id())).collect::<Vec<_>>().join(", ");
                 if let Some(m) = members.iter().find(|m| m.id().starts_with(&format!("{instance}-"))) {
                     if m.client_id() == client_id() {
                         return Holder::Us;
@@ -1140,9 +1135,8 @@ impl Inner {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        let Some(seen) = seen else { return Holder::Unknown };
         tracing::info!(instance_id = %instance, members = %seen, "kafka: no member of group `{}` holds this instance id", self.group);
-        Holder::Nobody
+        Holder::Unknown
     }
 
     /// A fatal consumer error (librdkafka stops the consumer): another live member with this static
