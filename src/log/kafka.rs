@@ -125,20 +125,10 @@ fn offsets_list(topic: &str, assigned: &[Assignment]) -> Result<TopicPartitionLi
     Ok(tpl)
 }
 
-/// This process's Kafka `client.id`: `emostream-<pid>-<start time>`, unique per process even across
-/// machines, so that a group member can be told to be this process's (see [`Inner::self_fenced`]).
-fn client_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        format!("emostream-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
-    })
-}
-
 fn base_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
-        .set("client.id", client_id())
+        .set("client.id", format!("emostream-{}", std::process::id()))
         // Say so quickly when the broker goes away; librdkafka keeps retrying underneath.
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("reconnect.backoff.max.ms", "1000")
@@ -354,7 +344,8 @@ impl Log for KafkaLog {
         let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
         let log_config = self.config.clone();
         let ns = self.config.namespace.clone();
-        let consumer = tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, partitions, config, seq))
+        let consumer =
+            tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, partitions, config, seq))
             .await
             .map_err(|e| other("creating a consumer", e))??;
         Ok(Box::new(consumer))
@@ -518,8 +509,6 @@ struct Inner {
     grouped: bool,
     /// The group's broker-side name, for errors.
     group: String,
-    /// The broker-side `group.instance.id` of a static member.
-    instance: Option<String>,
     /// Records read in the poll that also brought a rebalance: handed out after its events.
     stashed: Mutex<Vec<Record>>,
     namespace: String,
@@ -533,13 +522,6 @@ struct Inner {
 /// How long a consumer may bring nothing while its partitions hold unread records before
 /// [`Inner::unstall`] restarts their fetch.
 const STALL_AFTER: Duration = Duration::from_secs(10);
-
-/// Who holds a static member's instance id (see [`Inner::instance_holder`]).
-enum Holder {
-    Us,
-    Other(String),
-    Unknown,
-}
 
 /// A Kafka consumer with its transactional producer.
 pub struct KafkaConsumer {
@@ -639,7 +621,6 @@ impl KafkaConsumer {
             log: log.clone(),
             grouped,
             group,
-            instance: config.instance_id.as_ref().filter(|_| grouped).map(|i| namespaced(ns, i)),
             stashed: Mutex::default(),
             namespace: ns.to_owned(),
             progress: Mutex::new((Instant::now(), Instant::now())),
@@ -659,9 +640,8 @@ impl KafkaConsumer {
         tracing::warn!(
             topic = %self.recipe.topic,
             instance_id = ?self.recipe.config.instance_id,
-            "kafka: the consumer was fenced by its own earlier session (after a session timeout or a coordinator's \
-             failover), not by another process; joining the group again with the same instance id and resuming from the \
-             last commit"
+            "kafka: the consumer was fenced by its own previous session (it had timed out), not by another process; \
+             joining the group again with the same instance id and resuming from the last commit"
         );
         if let Some(old) = self.inner.take() {
             let _ = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(old));
@@ -688,11 +668,6 @@ impl KafkaConsumer {
             }
             _ => {}
         }
-    }
-
-    async fn self_fenced(&self) -> bool {
-        let inner = self.inner();
-        tokio::task::spawn_blocking(move || inner.self_fenced()).await.unwrap_or(false)
     }
 
     fn inner(&self) -> Arc<Inner> {
@@ -768,9 +743,7 @@ fn bounded<T: Send + 'static>(
 
 /// What [`Inner::replace_producer`] says of a call [`bounded`] gave up on.
 fn wedged(doing: &str) -> String {
-    format!(
-        "{doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, issues #5456 and #5511)"
-    )
+    format!("{doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, issues #5456 and #5511)")
 }
 
 /// One transaction: the outputs, the consumer offsets with their checkpoints, commit.
@@ -965,20 +938,19 @@ impl Inner {
             None => return self.replace_producer(&mut txn, &wedged("committing a transaction")),
         };
         if matches!(&e, KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::FencedInstanceId) {
-            // The group refused this member's offsets: its member id is stale. Either a live twin
-            // took the id (then this one stops), or librdkafka lost track after a session timeout
-            // and kept the old id, so every retry is refused the same way (seen in kafka_outage):
-            // the consumer must join again.
+            // The group refused this member's offsets: its member id is stale. A live twin that took
+            // the id also gets this consumer fenced by its next heartbeat (then it stops); otherwise
+            // librdkafka lost track after a session timeout and kept the old id, so every retry is
+            // refused the same way (seen in kafka_outage): the consumer must join again.
             let _ = bounded(&txn.producer, WEDGED_AFTER, |p| p.abort_transaction(TXN_CALL_TIMEOUT));
-            if let Holder::Other(other) = self.instance_holder() {
-                return Err(LogError::Fenced(format!(
-                    "another process ({other}) joined group `{}` with the same instance id; this one stops. Give each process \
-                     its own --instance-id",
-                    self.group
-                )));
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.consumer.client().fatal_error().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
             }
-            self.stale_member.store(true, std::sync::atomic::Ordering::Release);
-            return Err(LogError::Fenced(format!("the group refused this member's offsets ({e})")));
+            if self.consumer.client().fatal_error().is_none() {
+                self.stale_member.store(true, std::sync::atomic::Ordering::Release);
+            }
+            return Err(self.fatal().unwrap_or_else(|| LogError::Fenced(format!("the group refused this member's offsets ({e})"))));
         }
         if is_fatal(&e) {
             return self.renew(&mut txn, &e, begun);
@@ -1086,57 +1058,15 @@ impl Inner {
         }
     }
 
-    /// Fenced by this member's own earlier session rather than by another process: the fatal error
-    /// is FENCED_INSTANCE_ID and no other process holds the instance id in the group (see
-    /// [`KafkaConsumer::rebuild`]). Blocking: it asks the group coordinator.
-    ///
-    /// Who holds the id, not when: librdkafka fences itself after a session timeout (#3437), but
-    /// also when the group coordinator's broker is killed and it joins the new one again under the
-    /// same id (seen in kafka_cluster: the publisher and a cluster stage stopped as "fenced" with no
-    /// twin anywhere). A static member's id is `<group.instance.id>-<uuid>`, and every process has
-    /// its own `client.id`.
+    /// Fenced by this member's own previous session rather than by another process: the fatal error
+    /// is FENCED_INSTANCE_ID and the session timed out shortly before (see [`KafkaConsumer::rebuild`]).
     fn self_fenced(&self) -> bool {
         if self.stale_member.load(std::sync::atomic::Ordering::Acquire) {
             return true;
         }
-        if !matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _))) {
-            return false;
-        }
-        match self.instance_holder() {
-            Holder::Us => true,
-            Holder::Other(_) => false,
-            // The coordinator cannot say: a session that timed out just before is the known cause.
-            Holder::Unknown => {
-                let lost = *self.consumer.context().session_lost.lock().expect("kafka session lock poisoned");
-                lost.is_some_and(|t| t.elapsed() < SELF_FENCE_SPAN)
-            }
-        }
-    }
-
-    /// Which process holds this consumer's static instance id in the group, as its coordinator
-    /// says. Blocking, up to 6 s: right after a fence the group is rebalancing and may not list the
-    /// new holder yet.
-    fn instance_holder(&self) -> Holder {
-        let Some(instance) = &self.instance else { return Holder::Unknown };
-        let deadline = Instant::now() + Duration::from_secs(6);
-        let mut seen = String::new();
-        while Instant::now() < deadline {
-            if let Ok(list) = self.consumer.client().fetch_group_list(Some(&self.group), Duration::from_secs(3)) {
-                let members: Vec<_> = list.groups().iter().flat_map(|g| g.members()).collect();
-                seen = members.iter().map(|m| format!("{} ({})", m.id(), m.client_id())).collect::<Vec<_>>().join(", ");
-                if let Some(m) = members.iter().find(|m| m.id().starts_with(&format!("{instance}-"))) {
-                    if m.client_id() == client_id() {
-                        return Holder::Us;
-                    }
-                    let other = format!("client {} on {}", m.client_id(), m.client_host());
-                    tracing::warn!(instance_id = %instance, holder = %other, "kafka: another process holds this instance id in group `{}`", self.group);
-                    return Holder::Other(other);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        tracing::info!(instance_id = %instance, members = %seen, "kafka: no member of group `{}` holds this instance id", self.group);
-        Holder::Unknown
+        let fenced = matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)));
+        let lost = *self.consumer.context().session_lost.lock().expect("kafka session lock poisoned");
+        fenced && lost.is_some_and(|t| t.elapsed() < SELF_FENCE_SPAN)
     }
 
     /// A fatal consumer error (librdkafka stops the consumer): another live member with this static
@@ -1241,7 +1171,7 @@ impl Consumer for KafkaConsumer {
                 result.map_err(|e| other("poll", e))?
             }
         };
-        if r.is_err() && self.self_fenced().await {
+        if r.is_err() && self.inner().self_fenced() {
             return self.rebuild().await;
         }
         self.track(&r);
@@ -1259,7 +1189,7 @@ impl Consumer for KafkaConsumer {
         }
         let inner = self.inner();
         let r = tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?;
-        if r.is_err() && self.self_fenced().await {
+        if r.is_err() && self.inner().self_fenced() {
             // Nothing of this commit is visible; the stage resumes from the last one, as after a rebalance.
             self.ready = Some(self.rebuild().await);
             return Ok(());
