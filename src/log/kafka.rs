@@ -344,8 +344,7 @@ impl Log for KafkaLog {
         let seq = CONSUMER_SEQ.fetch_add(1, Ordering::Relaxed);
         let log_config = self.config.clone();
         let ns = self.config.namespace.clone();
-        let consumer =
-            tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, partitions, config, seq))
+        let consumer = tokio::task::spawn_blocking(move || KafkaConsumer::create(&log_config, &ns, topic, partitions, config, seq))
             .await
             .map_err(|e| other("creating a consumer", e))??;
         Ok(Box::new(consumer))
@@ -743,7 +742,9 @@ fn bounded<T: Send + 'static>(
 
 /// What [`Inner::replace_producer`] says of a call [`bounded`] gave up on.
 fn wedged(doing: &str) -> String {
-    format!("{doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, issues #5456 and #5511)")
+    format!(
+        "{doing} did not return within {WEDGED_AFTER:?} (librdkafka can wait for ever on a coordinator that moved, issues #5456 and #5511)"
+    )
 }
 
 /// One transaction: the outputs, the consumer offsets with their checkpoints, commit.

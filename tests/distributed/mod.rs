@@ -533,7 +533,11 @@ pub async fn wait_windows(viewers: &[Viewer], n: usize, timeout: Duration, topo:
         topo.assert_all_running();
         if Instant::now() > deadline {
             let got: Vec<String> = viewers.iter().map(|v| format!("{} {}", v.id, v.count())).collect();
-            panic!("viewers did not get {n} windows within {timeout:?} (got: {}); stage counters:\n{}", got.join(", "), topo.counters().await);
+            panic!(
+                "viewers did not get {n} windows within {timeout:?} (got: {}); stage counters:\n{}",
+                got.join(", "),
+                topo.counters().await
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
