@@ -838,13 +838,6 @@ impl Inner {
         if let Some(e) = ctx.pop() {
             return e;
         }
-        // librdkafka reports a fatal error once, as one event, and whichever call serves the queue
-        // (a rewind's offset lookup, say) may take it; a fatal consumer then brings nothing, for
-        // ever, without a word (seen: a cluster stage fenced by its own timed-out session during a
-        // broker kill sat idle). Look at the state, not for the event.
-        if let Some(e) = self.fatal() {
-            return Err(e);
-        }
         {
             let mut stashed = self.stashed.lock().expect("stash lock poisoned");
             if !stashed.is_empty() {
