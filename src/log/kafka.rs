@@ -522,6 +522,16 @@ struct Inner {
 /// [`Inner::unstall`] restarts their fetch.
 const STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// What [`KafkaConsumer::rejoin_or_stop`] decided.
+enum Rejoin {
+    /// Not fenced: the error stands.
+    No,
+    /// Fenced, as by its own previous session: join the group again.
+    Yes,
+    /// Fenced again soon after joining again: a twin holds the instance id; stop with this error.
+    Twin(LogError),
+}
+
 /// A Kafka consumer with its transactional producer.
 pub struct KafkaConsumer {
     inner: Option<Arc<Inner>>,
@@ -534,6 +544,8 @@ pub struct KafkaConsumer {
     inflight: Option<tokio::task::JoinHandle<Result<Polled, LogError>>>,
     /// What an in-flight poll brought while a commit waited for it, for the next poll.
     ready: Option<Result<Polled, LogError>>,
+    /// When [`KafkaConsumer::rebuild`] last joined the group again.
+    rebuilt: Option<Instant>,
 }
 
 /// What a consumer is made of.
@@ -549,14 +561,15 @@ struct Recipe {
     seq: u64,
 }
 
-/// A static member fenced within this long of losing its session fenced itself (see [`Inner::self_fenced`]).
-const SELF_FENCE_SPAN: Duration = Duration::from_secs(60);
+/// A static member fenced again within this long of joining again, with no session lost in between,
+/// shares its instance id with another live process (see [`KafkaConsumer::rejoin_or_stop`]).
+const TWIN_SPAN: Duration = Duration::from_secs(60);
 
 impl KafkaConsumer {
     fn create(log: &KafkaConfig, ns: &str, topic: String, partitions: u32, config: ConsumerConfig, seq: u64) -> Result<Self, LogError> {
         let recipe = Recipe { log: log.clone(), ns: ns.to_owned(), topic, partitions, config, seq };
         let inner = Self::build(&recipe)?;
-        Ok(Self { inner: Some(Arc::new(inner)), recipe, owned: Default::default(), inflight: None, ready: None })
+        Ok(Self { inner: Some(Arc::new(inner)), recipe, owned: Default::default(), inflight: None, ready: None, rebuilt: None })
     }
 
     fn build(recipe: &Recipe) -> Result<Inner, LogError> {
@@ -627,8 +640,8 @@ impl KafkaConsumer {
         })
     }
 
-    /// Replaces a consumer that librdkafka fenced by mistake with a new one under the same ids;
-    /// returns the `Revoked` the stage must see (the new one's assignment comes as `Assigned`).
+    /// Replaces a fenced consumer (and its producer) with a new one under the same ids; returns the
+    /// `Revoked` the stage must see (the new one's assignment comes as `Assigned`).
     ///
     /// Why: after a static member's session times out (the broker away, the machine stalled),
     /// librdkafka rejoins with the same `group.instance.id`, and a response meant for its previous
@@ -639,8 +652,9 @@ impl KafkaConsumer {
         tracing::warn!(
             topic = %self.recipe.topic,
             instance_id = ?self.recipe.config.instance_id,
-            "kafka: the consumer was fenced by its own previous session (it had timed out), not by another process; \
-             joining the group again with the same instance id and resuming from the last commit"
+            "kafka: this stage was fenced on its instance id, as by its own previous session (after a session timeout or a \
+             coordinator's failover); joining the group again with the same instance id and resuming from the last commit. \
+             If another process holds the id, it is fenced again within {TWIN_SPAN:?} and stops"
         );
         if let Some(old) = self.inner.take() {
             let _ = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(old));
@@ -653,7 +667,46 @@ impl KafkaConsumer {
         .await
         .map_err(|e| other("rebuilding a consumer", e))??;
         self.inner = Some(Arc::new(inner));
+        self.rebuilt = Some(Instant::now());
         Ok(Polled::Revoked(std::mem::take(&mut self.owned).into_iter().collect()))
+    }
+
+    /// After a failed poll or commit with `e`: whether this consumer was fenced (on its instance id
+    /// or its transactional id) and should join the group again, or stop as a twin.
+    ///
+    /// Who fenced it cannot be asked of librdkafka: its own previous session (a rejoin after a
+    /// session timeout or a coordinator's failover, librdkafka issue #3437) and another live
+    /// process with the same id give the same FENCED_INSTANCE_ID. Timing cannot tell them apart
+    /// either: under load, a self-fence came with no session timeout logged at all (kafka_outage
+    /// on a busy machine), and after a coordinator's broker was killed as well (kafka_cluster).
+    /// What does tell them apart is what happens after joining again: alone, the member stays;
+    /// with a twin, each join fences the other, so the twin's join fences this one again within
+    /// seconds. So: the first fence, or one after a quiet [`TWIN_SPAN`] or a session lost since,
+    /// joins again; a second one soon after stops this process, saying why. Of two processes with
+    /// one id, the one that held it first is then the one that stops (its rejoin fences the
+    /// newcomer once, the newcomer's rejoin fences it twice).
+    fn rejoin_or_stop(&self, e: &LogError) -> Rejoin {
+        let inner = self.inner();
+        if !matches!(e, LogError::Fenced(_)) && !inner.fenced() {
+            return Rejoin::No;
+        }
+        match self.rebuilt {
+            Some(t) if t.elapsed() < TWIN_SPAN && !inner.session_lost_since(t) => {
+                let cause = match (inner.consumer.client().fatal_error(), e) {
+                    (Some((_, why)), _) => why,
+                    (None, LogError::Fenced(why)) => why.clone(),
+                    (None, e) => e.to_string(),
+                };
+                Rejoin::Twin(LogError::Fenced(format!(
+                    "fenced again {:.1?} after joining group `{}` again with instance id {:?} ({cause}): another live process \
+                     holds that instance id, and this one stops. Give each process its own --instance-id",
+                    t.elapsed(),
+                    inner.group,
+                    self.recipe.config.instance_id.as_deref().unwrap_or("(none)"),
+                )))
+            }
+            _ => Rejoin::Yes,
+        }
     }
 
     /// Notes what the stage is told it owns.
@@ -1052,15 +1105,16 @@ impl Inner {
         }
     }
 
-    /// Fenced by this member's own previous session rather than by another process: the fatal error
-    /// is FENCED_INSTANCE_ID and the session timed out shortly before (see [`KafkaConsumer::rebuild`]).
-    fn self_fenced(&self) -> bool {
-        if self.stale_member.load(std::sync::atomic::Ordering::Acquire) {
-            return true;
-        }
-        let fenced = matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)));
-        let lost = *self.consumer.context().session_lost.lock().expect("kafka session lock poisoned");
-        fenced && lost.is_some_and(|t| t.elapsed() < SELF_FENCE_SPAN)
+    /// Fenced on its static instance id: the fatal error is FENCED_INSTANCE_ID, or the group
+    /// refused this member's offsets while the consumer stayed healthy (see [`Inner::commit`]).
+    fn fenced(&self) -> bool {
+        self.stale_member.load(std::sync::atomic::Ordering::Acquire)
+            || matches!(self.consumer.client().fatal_error(), Some((RDKafkaErrorCode::FencedInstanceId, _)))
+    }
+
+    /// Whether librdkafka said this member's session timed out after `t`.
+    fn session_lost_since(&self, t: Instant) -> bool {
+        self.consumer.context().session_lost.lock().expect("kafka session lock poisoned").is_some_and(|lost| lost > t)
     }
 
     /// A fatal consumer error (librdkafka stops the consumer): another live member with this static
@@ -1165,8 +1219,12 @@ impl Consumer for KafkaConsumer {
                 result.map_err(|e| other("poll", e))?
             }
         };
-        if r.is_err() && self.inner().self_fenced() {
-            return self.rebuild().await;
+        if let Err(e) = &r {
+            match self.rejoin_or_stop(e) {
+                Rejoin::No => {}
+                Rejoin::Yes => return self.rebuild().await,
+                Rejoin::Twin(e) => return Err(e),
+            }
         }
         self.track(&r);
         r
@@ -1183,10 +1241,16 @@ impl Consumer for KafkaConsumer {
         }
         let inner = self.inner();
         let r = tokio::task::spawn_blocking(move || inner.commit(&outputs, &positions)).await.map_err(|e| other("commit", e))?;
-        if r.is_err() && self.inner().self_fenced() {
-            // Nothing of this commit is visible; the stage resumes from the last one, as after a rebalance.
-            self.ready = Some(self.rebuild().await);
-            return Ok(());
+        if let Err(e) = &r {
+            match self.rejoin_or_stop(e) {
+                Rejoin::No => {}
+                Rejoin::Yes => {
+                    // Nothing of this commit is visible; the stage resumes from the last one, as after a rebalance.
+                    self.ready = Some(self.rebuild().await);
+                    return Ok(());
+                }
+                Rejoin::Twin(e) => return Err(e),
+            }
         }
         r
     }
