@@ -382,6 +382,10 @@ struct Ctx {
     quiet: Quiet,
     /// When librdkafka last said this member's group session timed out.
     session_lost: Mutex<Option<Instant>>,
+    /// The next offset to read of each assigned partition, as assigned, sought or read: librdkafka's
+    /// own position stays unknown until a partition brings a record, and a partition that stalls
+    /// right after an assignment never does (see [`Inner::unstall`]).
+    next: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 impl ClientContext for Ctx {
@@ -470,7 +474,15 @@ impl Ctx {
             })
         })?;
         consumer.assign(&offsets_list(&self.topic, &assigned)?).map_err(|e| other("assigning partitions", e))?;
+        self.note_next(&assigned);
         Ok(assigned)
+    }
+
+    /// Notes where each of `assigned` reads next, and forgets the partitions not among them.
+    fn note_next(&self, assigned: &[Assignment]) {
+        let mut next = self.next.lock().expect("kafka positions lock poisoned");
+        next.clear();
+        next.extend(assigned.iter().map(|a| (a.partition, a.offset)));
     }
 }
 
@@ -487,6 +499,7 @@ impl ConsumerContext for Ctx {
             },
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let _ = consumer.unassign();
+                self.note_next(&[]);
                 self.push(Ok(Polled::Revoked(partitions)));
             }
             other_err => {
@@ -607,6 +620,7 @@ impl KafkaConsumer {
             events: Mutex::default(),
             quiet: Quiet::new(&log.brokers),
             session_lost: Mutex::default(),
+            next: Mutex::default(),
         };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).map_err(|e| other("creating a consumer", e))?;
         let producer = if grouped {
@@ -910,6 +924,8 @@ impl Inner {
                         key: m.key().map(Bytes::copy_from_slice),
                         payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
                     };
+                    // Where librdkafka goes on from, whether this record is handed out now or stashed.
+                    ctx.next.lock().expect("kafka positions lock poisoned").insert(r.partition, r.offset + 1);
                     if ctx.pending() {
                         // This record came after a rebalance in the same poll: events first.
                         self.stashed.lock().expect("stash lock poisoned").push(r);
@@ -1081,15 +1097,15 @@ impl Inner {
             progress.1 = Instant::now();
         }
         let ctx = self.consumer.context();
-        let Ok(positions) = self.consumer.position() else { return };
+        let next = ctx.next.lock().expect("kafka positions lock poisoned").clone();
         let mut stalled = TopicPartitionList::new();
         let mut seen = Vec::new();
-        for e in positions.elements() {
-            let Offset::Offset(pos) = e.offset() else { continue };
-            let Ok((_, high)) = self.consumer.fetch_watermarks(&ctx.topic, e.partition(), Duration::from_secs(5)) else { continue };
+        for (&partition, &pos) in &next {
+            let (partition, pos) = (partition as i32, pos as i64);
+            let Ok((_, high)) = self.consumer.fetch_watermarks(&ctx.topic, partition, Duration::from_secs(5)) else { continue };
             // Transaction markers take offsets too: a caught-up reader may sit a marker or two short.
-            if high > pos + 2 && stalled.add_partition_offset(&ctx.topic, e.partition(), Offset::Offset(pos)).is_ok() {
-                seen.push(format!("{}[{}] at {pos} of {high}", ctx.topic, e.partition()));
+            if high > pos + 2 && stalled.add_partition_offset(&ctx.topic, partition, Offset::Offset(pos)).is_ok() {
+                seen.push(format!("{}[{partition}] at {pos} of {high}", ctx.topic));
             }
         }
         if seen.is_empty() {
@@ -1189,6 +1205,7 @@ impl Inner {
                 if let Some(bad) = sought.elements().iter().find(|e| e.error().is_err()) {
                     return Err(other("seeking to the committed offsets", format!("partition {}: {:?}", bad.partition(), bad.error())));
                 }
+                ctx.note_next(&assigned);
                 Ok(assigned)
             };
             attempt().map_err(|e| Retry::Again(format!("rewinding `{}`: {e}", ctx.topic)))
@@ -1218,6 +1235,18 @@ impl Consumer for KafkaConsumer {
                 self.inflight = None;
                 result.map_err(|e| other("poll", e))?
             }
+        };
+        // A fatal fence is reported by one event, which another call (a commit, librdkafka's own
+        // queue) may have taken: a poll of a dead consumer then brings nothing, for ever, without an
+        // error (seen: a publisher that never published again after its coordinator's broker was
+        // killed). So the consumer's state is looked at after every poll; whatever this poll brought
+        // is read again from the last commit after the rejoin.
+        let r = match r {
+            Ok(_) if self.inner().fenced() => {
+                let inner = self.inner();
+                Err(inner.fatal().unwrap_or_else(|| LogError::Fenced("the group refused this member's offsets".into())))
+            }
+            r => r,
         };
         if let Err(e) = &r {
             match self.rejoin_or_stop(e) {
