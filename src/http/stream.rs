@@ -289,6 +289,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_of_windows_after_a_stall_upstream_drops_nobody() {
+        let hub = Hub::new(1, 1, 16);
+        let mut c = conn(&hub);
+        // A stage upstream caught up after a broker restart: 30 windows at once, before any
+        // connection ran.
+        for w in 1..=30 {
+            hub.publish(frame(w * 1000));
+        }
+        for w in 1..=30 {
+            assert!(matches!(c.next().await, Next::Frame(f) if f.window_start == w * 1000), "window {w} of the burst");
+        }
+    }
+
+    #[tokio::test]
     async fn a_window_is_never_sent_twice_to_a_connection() {
         let hub = Hub::new(1, 1, 16);
         hub.publish(frame(1000));
