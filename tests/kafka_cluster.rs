@@ -7,11 +7,8 @@
 //! Each test starts its own cluster with `scripts/kafka start --brokers 3` (on the test broker's
 //! port + 200 and up); the tests take turns, since one cluster at a time fits this machine.
 //!
-//! Not yet in `scripts/test`: when the broker that is a group's coordinator is killed, a static
-//! member (the publisher, a cluster stage) can be fenced by its own rejoin without any session
-//! timeout, and then stops as if a twin had taken its id. Telling that from a real twin (by asking
-//! the group which client holds the id) is under way. Run them with `--ignored`:
-//! `EMOSTREAM_TEST_KAFKA=127.0.0.1:19092 cargo test --test kafka_cluster -- --ignored --nocapture --test-threads 1`
+//! In `scripts/test`; alone:
+//! `EMOSTREAM_TEST_KAFKA=127.0.0.1:19092 cargo test --test kafka_cluster -- --nocapture`
 //! (no broker needs to run on that port: only the port is read). When a stage stops making progress,
 //! the failing test leaves every stage's log in the directory it prints; `EMOSTREAM_TEST_STACKS=1`
 //! adds their threads (`<stage>.stacks`, from gdb) and `EMOSTREAM_TEST_KAFKA_DEBUG=cgrp,eos,fetch`
@@ -187,7 +184,6 @@ fn check(viewers: &[Viewer], acked: &BTreeMap<String, u64>, window_ms: i64) {
     assert_exact(viewers, acked, window_ms);
 }
 
-#[ignore = "a static member fenced by its own rejoin after its coordinator's broker was killed still stops (see the module doc)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_three_brokers_loses_and_repeats_nothing() {
     let _turn = CLUSTER.lock().await;
@@ -214,7 +210,6 @@ async fn a_rolling_restart_of_all_three_brokers_loses_and_repeats_nothing() {
     check(&viewers, &acked, topo.window_ms);
 }
 
-#[ignore = "a static member fenced by its own rejoin after its coordinator's broker was killed still stops (see the module doc)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_loses_and_repeats_nothing() {
     let _turn = CLUSTER.lock().await;
