@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::core::emoji::EmojiSet;
+use crate::core::emoji::{EmojiSet, SkinTones};
 use crate::core::emotion::{EmotionMap, EmotionMapError, TrendConfig};
 use crate::core::scale::ScaleRule;
 use crate::http::ingest::IngestLimits;
@@ -127,8 +127,10 @@ fn parse_scale(s: &str) -> Result<ScaleRule, String> {
     s.parse::<ScaleRule>().map_err(|e| e.to_string())
 }
 
+/// Kept as given: `--skin-tones` (which clap cannot show this parser) folds them afterwards, in
+/// [`IngestFlags::emoji_set`].
 fn parse_emojis(s: &str) -> Result<EmojiSet, String> {
-    EmojiSet::parse_list(s).map_err(|e| e.to_string())
+    EmojiSet::parse_list_with(s, SkinTones::Keep).map_err(|e| e.to_string())
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -226,6 +228,11 @@ pub struct IngestFlags {
     #[arg(long, env = "EMOSTREAM_EMOJIS", default_value_t = EmojiSet::default(), value_parser = parse_emojis)]
     pub emojis: EmojiSet,
 
+    /// Skin-tone variants (👍🏽, 👏🏿): `fold` counts each as its base emoji, `keep` makes each tone its
+    /// own emoji (accepted only when --emojis lists it).
+    #[arg(long, env = "EMOSTREAM_SKIN_TONES", default_value_t = SkinTones::Fold)]
+    pub skin_tones: SkinTones,
+
     /// When ingest answers 200: fast (once buffered in memory) or durable (once the log has it).
     #[arg(long, env = "EMOSTREAM_ACK", value_enum, default_value_t = AckMode::Fast)]
     pub ack: AckMode,
@@ -255,6 +262,14 @@ impl IngestFlags {
     /// Batching settings for `partitions` partitions of `emoji_topic`.
     pub fn ingest_config(&self, partitions: u32) -> crate::stages::ingest::IngestConfig {
         crate::stages::ingest::IngestConfig { linger: self.linger, batch: self.batch, buffer: self.buffer, ack: self.ack, partitions }
+    }
+
+    /// The accepted emojis, with skin tones folded or kept.
+    ///
+    /// # Errors
+    /// When folding makes two of `--emojis` one (`👍` and `👍🏽`).
+    pub fn emoji_set(&self) -> anyhow::Result<EmojiSet> {
+        self.emojis.skin_tones(self.skin_tones).map_err(|e| anyhow::anyhow!("--emojis with --skin-tones {}: {e}", self.skin_tones))
     }
 
     pub fn limits(&self) -> IngestLimits {
@@ -558,8 +573,8 @@ impl UpArgs {
     /// The pipeline's configuration.
     ///
     /// # Errors
-    /// When the `--emotions` file cannot be used.
-    pub fn to_config(&self) -> Result<UpConfig, EmotionMapError> {
+    /// When the `--emotions` file cannot be used, or `--skin-tones fold` makes two of `--emojis` one.
+    pub fn to_config(&self) -> anyhow::Result<UpConfig> {
         let i = &self.ingest;
         Ok(UpConfig {
             ingest_addr: i.ingest_addr,
@@ -569,7 +584,7 @@ impl UpArgs {
             window: self.window.window,
             grace: self.grace.grace,
             scale: self.publish.scale,
-            emojis: i.emojis.clone(),
+            emojis: i.emoji_set()?,
             linger: i.linger,
             batch: i.batch,
             buffer: i.buffer,

@@ -439,10 +439,11 @@ async fn serve(started: Started) -> anyhow::Result<()> {
 /// When Kafka cannot be reached, the address is taken, or the stage fails.
 pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     raise_nofile_limit();
+    let emojis = a.ingest.emoji_set()?;
     let log = connect(&a.kafka).await.context("ingest cannot start")?;
     let stage = IngestStage {
         addr: a.ingest.ingest_addr,
-        emojis: a.ingest.emojis.clone(),
+        emojis,
         config: a.ingest.ingest_config(a.partitions.partitions),
         limits: a.ingest.limits(),
     };

@@ -84,10 +84,16 @@ async fn every_acked_emoji_is_counted_once_and_every_client_sees_the_same_window
     assert_eq!(v["errors"][0]["index"], 300);
     add(&mut acked, "❤️", 100);
     add(&mut acked, "😍", 200);
-    // Bad single events: answered, counted nowhere.
+    // Phones' skin-tone variants count as their base emoji (`--skin-tones fold`, the default).
+    let toned: Vec<Value> = (0..100).map(|i| json!({"emoji": if i < 40 { "👍🏽" } else { "👏🏿" }, "client_id": format!("t{i}")})).collect();
+    let (s, v) = post_json(&format!("{ingest}/emojis"), &Value::Array(toned)).await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(100)), "{v}");
+    add(&mut acked, "👍", 40);
+    add(&mut acked, "👏", 60);
+    // Bad single events: answered, counted nowhere; the error shows the emoji itself.
     let (s, v) = post_json(&format!("{ingest}/emoji"), &json!({"emoji": "🦄", "client_id": "x"})).await;
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("not in the accepted set"));
+    assert!(v["error"].as_str().unwrap().contains("emoji “🦄” is not in the accepted set"), "{v}");
 
     let metrics = reqwest::get(format!("{api}/metrics")).await.unwrap().text().await.unwrap();
     let acked_total: u64 = acked.values().sum();
@@ -327,6 +333,8 @@ fn cli_errors_name_the_flag() {
         (vec!["up", "--window", "2fortnights"], "--window"),
         (vec!["up", "--scale", "avg:3"], "--scale"),
         (vec!["up", "--emojis", "😀,hello"], "--emojis"),
+        (vec!["up", "--emojis", "§,→"], "“§” is not an emoji"),
+        (vec!["up", "--skin-tones", "sometimes"], "--skin-tones"),
         (vec!["up", "--clusters", "0"], "--clusters"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_emostream")).args(&args).output().unwrap();
@@ -334,6 +342,23 @@ fn cli_errors_name_the_flag() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_skin_tones_are_their_own_emojis() {
+    let mut server = Server::start(&["--skin-tones", "keep", "--emojis", "👍,👍🏽,😂"]).await;
+    let url = format!("{}/emoji", server.ingest);
+    assert_eq!(post_json(&url, &json!({"emoji": "👍🏽", "client_id": "a"})).await.0, 200);
+    assert_eq!(post_json(&url, &json!({"emoji": "👍", "client_id": "a"})).await.0, 200);
+    let (s, v) = post_json(&url, &json!({"emoji": "👍🏿", "client_id": "a"})).await;
+    assert_eq!(s, 400, "a tone not listed is refused: {v}");
+    assert!(v["error"].as_str().unwrap().contains("“👍🏿”"), "{v}");
+    assert!(server.terminate().success());
+    // Folded, 👍 and 👍🏽 are one emoji: listing both is a mistake, said at start-up.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emostream")).args(["up", "--emojis", "👍,👍🏽"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--skin-tones fold") && err.contains("“👍🏽” appears twice"), "{err}");
 }
 
 #[test]

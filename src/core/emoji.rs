@@ -2,7 +2,12 @@
 //!
 //! Phones send some emojis with a variation selector (U+FE0F, "emoji presentation") and some without:
 //! `❤` and `❤️` are the same reaction. Matching strips the selectors, so both count as one emoji, shown
-//! in the form the set was configured with.
+//! in the form the set was configured with. Phones also send skin-tone variants (`👍🏽`, a modifier
+//! U+1F3FB–U+1F3FF after the base emoji): by default ([`SkinTones::Fold`]) they count as their base
+//! emoji; with [`SkinTones::Keep`] each tone is its own emoji and must be in the set to be accepted.
+//!
+//! What an emoji is comes from Unicode's emoji list (the `emojis` crate, generated from it): a set
+//! holding `§` or `→` is refused when it is configured, not discovered when nobody can tap it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +27,43 @@ pub type EmojiId = u16;
 pub enum EmojiSetError {
     #[error("the emoji set is empty: give at least one emoji")]
     Empty,
-    #[error("{0:?} appears twice in the emoji set (variation selectors are ignored)")]
+    #[error("“{0}” appears twice in the emoji set (variation selectors, and skin tones unless kept, are ignored)")]
     Duplicate(String),
-    #[error("{0:?} is not an emoji (it has letters, digits, spaces or is over {MAX_EMOJI_BYTES} bytes)")]
+    #[error("“{0}” is not an emoji (not in Unicode's emoji list; separate emojis with commas)")]
     NotAnEmoji(String),
     #[error("the emoji set holds at most {max} emojis, got {got}")]
     TooMany { max: usize, got: usize },
+}
+
+/// What a skin-tone modifier on an incoming emoji means (`--skin-tones`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SkinTones {
+    /// `👍🏽` counts as `👍`: one reaction whatever the sender's tone.
+    #[default]
+    Fold,
+    /// `👍🏽` is its own emoji, accepted only when the set holds it.
+    Keep,
+}
+
+impl std::str::FromStr for SkinTones {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fold" => Ok(Self::Fold),
+            "keep" => Ok(Self::Keep),
+            _ => Err(format!("expected `fold` (👍🏽 counts as 👍) or `keep` (each tone its own emoji), got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for SkinTones {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fold => "fold",
+            Self::Keep => "keep",
+        })
+    }
 }
 
 /// The emojis a pipeline accepts. Cheap to clone (shared).
@@ -38,6 +74,7 @@ pub struct EmojiSet {
 
 #[derive(Debug)]
 struct Inner {
+    tones: SkinTones,
     /// Display form, as configured, indexed by [`EmojiId`].
     display: Vec<Arc<str>>,
     /// Selector-free form → id.
@@ -45,19 +82,19 @@ struct Inner {
 }
 
 /// Removes variation selectors (U+FE0E text, U+FE0F emoji presentation), which do not change which
-/// emoji a user meant.
-fn key_of(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains(['\u{FE0F}', '\u{FE0E}']) {
-        std::borrow::Cow::Owned(s.chars().filter(|c| !matches!(c, '\u{FE0F}' | '\u{FE0E}')).collect())
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
+/// emoji a user meant, and with [`SkinTones::Fold`] skin-tone modifiers (U+1F3FB–U+1F3FF).
+fn key_of(s: &str, tones: SkinTones) -> std::borrow::Cow<'_, str> {
+    let drop = |c: char| matches!(c, '\u{FE0F}' | '\u{FE0E}') || (tones == SkinTones::Fold && is_skin_tone(c));
+    if s.chars().any(drop) { std::borrow::Cow::Owned(s.chars().filter(|&c| !drop(c)).collect()) } else { std::borrow::Cow::Borrowed(s) }
 }
 
-fn looks_like_emoji(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_EMOJI_BYTES
-        && !s.chars().any(|c| c.is_alphanumeric() || c.is_whitespace() || c.is_control() || c.is_ascii())
+fn is_skin_tone(c: char) -> bool {
+    ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
+}
+
+/// Whether `s` is one emoji of Unicode's list (with or without its variation selector).
+fn is_emoji(s: &str) -> bool {
+    s.len() <= MAX_EMOJI_BYTES && emojis::get(s).is_some()
 }
 
 impl EmojiSet {
@@ -67,6 +104,14 @@ impl EmojiSet {
     /// When the list is empty, has a duplicate (also one differing only by a variation selector), or
     /// holds something that is not an emoji.
     pub fn new<S: AsRef<str>>(emojis: &[S]) -> Result<Self, EmojiSetError> {
+        Self::with_tones(emojis, SkinTones::default())
+    }
+
+    /// As [`EmojiSet::new`], with skin tones folded or kept.
+    ///
+    /// # Errors
+    /// As [`EmojiSet::new`]; with [`SkinTones::Fold`], `👍` and `👍🏽` in one set are a duplicate.
+    pub fn with_tones<S: AsRef<str>>(emojis: &[S], tones: SkinTones) -> Result<Self, EmojiSetError> {
         if emojis.is_empty() {
             return Err(EmojiSetError::Empty);
         }
@@ -77,16 +122,32 @@ impl EmojiSet {
         let mut by_key = HashMap::with_capacity(emojis.len());
         for (i, e) in emojis.iter().enumerate() {
             let e = e.as_ref().trim();
-            if !looks_like_emoji(e) {
+            if !is_emoji(e) {
                 return Err(EmojiSetError::NotAnEmoji(e.to_string()));
             }
             let id = EmojiId::try_from(i).expect("bounded above");
-            if by_key.insert(key_of(e).into_owned(), id).is_some() {
+            if by_key.insert(key_of(e, tones).into_owned(), id).is_some() {
                 return Err(EmojiSetError::Duplicate(e.to_string()));
             }
             display.push(Arc::<str>::from(e));
         }
-        Ok(Self { inner: Arc::new(Inner { display, by_key }) })
+        Ok(Self { inner: Arc::new(Inner { tones, display, by_key }) })
+    }
+
+    /// The same emojis with skin tones folded or kept.
+    ///
+    /// # Errors
+    /// When folding makes two of them one (`👍` and `👍🏽`).
+    pub fn skin_tones(&self, tones: SkinTones) -> Result<Self, EmojiSetError> {
+        if tones == self.inner.tones {
+            return Ok(self.clone());
+        }
+        Self::with_tones(&self.inner.display, tones)
+    }
+
+    /// Whether skin tones are folded or kept.
+    pub fn tones(&self) -> SkinTones {
+        self.inner.tones
     }
 
     /// Parses a comma- or space-separated list, as given to `--emojis`.
@@ -94,13 +155,25 @@ impl EmojiSet {
     /// # Errors
     /// As [`EmojiSet::new`].
     pub fn parse_list(list: &str) -> Result<Self, EmojiSetError> {
-        let items: Vec<&str> = list.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).collect();
-        Self::new(&items)
+        Self::parse_list_with(list, SkinTones::default())
     }
 
-    /// The id of `s`, ignoring variation selectors; `None` when it is not in the set.
+    /// As [`EmojiSet::parse_list`], with skin tones folded or kept.
+    ///
+    /// # Errors
+    /// As [`EmojiSet::with_tones`].
+    pub fn parse_list_with(list: &str, tones: SkinTones) -> Result<Self, EmojiSetError> {
+        let items: Vec<&str> = list.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).collect();
+        Self::with_tones(&items, tones)
+    }
+
+    /// The id of `s`, ignoring variation selectors (and skin tones, when folded); `None` when it
+    /// is not in the set.
     pub fn lookup(&self, s: &str) -> Option<EmojiId> {
-        self.inner.by_key.get(key_of(s).as_ref()).copied()
+        if s.len() > MAX_EMOJI_BYTES {
+            return None;
+        }
+        self.inner.by_key.get(key_of(s, self.inner.tones).as_ref()).copied()
     }
 
     /// The display form of an id from this set.
@@ -187,5 +260,36 @@ mod tests {
         let set = EmojiSet::default();
         assert_eq!(set.lookup("smile"), None);
         assert_eq!(set.lookup(""), None);
+    }
+
+    #[test]
+    fn skin_tones_fold_to_their_base_emoji_by_default() {
+        let set = EmojiSet::default();
+        assert_eq!(set.lookup("👍🏽"), set.lookup("👍"));
+        assert_eq!(set.lookup("👏🏿"), set.lookup("👏"));
+        assert!(set.lookup("👍🏽").is_some());
+        assert_eq!(set.canonical("👍🏻").map(|d| d.as_ref()), Some("👍"));
+    }
+
+    #[test]
+    fn kept_skin_tones_are_their_own_emojis() {
+        let set = EmojiSet::with_tones(&["👍", "👍🏽"], SkinTones::Keep).unwrap();
+        assert_eq!(set.lookup("👍"), Some(0));
+        assert_eq!(set.lookup("👍🏽"), Some(1));
+        assert_eq!(set.lookup("👍🏿"), None, "a tone not in the set is refused");
+        let folded = EmojiSet::with_tones(&["👍", "👍🏽"], SkinTones::Fold).unwrap_err();
+        assert_eq!(folded, EmojiSetError::Duplicate("👍🏽".into()));
+        assert!(EmojiSet::default().skin_tones(SkinTones::Keep).unwrap().lookup("👍🏽").is_none());
+    }
+
+    #[test]
+    fn symbols_that_are_not_emojis_are_refused_by_name() {
+        for s in ["§", "→", "€", "★", "😀😀"] {
+            let e = EmojiSet::parse_list(&format!("😀,{s}")).unwrap_err();
+            assert_eq!(e, EmojiSetError::NotAnEmoji(s.into()), "{s}");
+            assert!(e.to_string().contains(&format!("“{s}”")), "the message shows the symbol itself: {e}");
+        }
+        // Flags, families and keycaps are emojis.
+        assert_eq!(EmojiSet::parse_list("🇮🇳,👨‍👩‍👧,1️⃣,💯").unwrap().len(), 4);
     }
 }

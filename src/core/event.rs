@@ -41,7 +41,7 @@ pub enum EventError {
     BothEmojiFields,
     #[error("give only one of `client_id` and `user_id`")]
     BothClientFields,
-    #[error("emoji {0:?} is not in the accepted set")]
+    #[error("emoji “{0}” is not in the accepted set")]
     UnknownEmoji(String),
     #[error("field `{0}` must not be empty")]
     EmptyClientId(&'static str),
