@@ -25,6 +25,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "EMOSTREAM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Log lines on stderr: text (coloured only at a terminal) or json (one object per line).
+    #[arg(long, global = true, env = "EMOSTREAM_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }

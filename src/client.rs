@@ -144,7 +144,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         bail!("subscribe refused ({status}): {}", resp.text().await.unwrap_or_default());
     }
     let sub: Subscribed = resp.json().await.context("unexpected answer to POST /subscribe")?;
-    println!("{client_id} subscribed to cluster {} subscriber {}; Ctrl-C to stop", sub.cluster_id, sub.subscriber_id);
+    crate::say!("{client_id} subscribed to cluster {} subscriber {}; Ctrl-C to stop", sub.cluster_id, sub.subscriber_id);
 
     let stop = CancellationToken::new();
     let emojis: Vec<String> =
@@ -154,7 +154,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         Transport::Sse => sub.stream_url.unwrap_or_else(|| format!("{}{}", a.api, sub.stream_path)),
         Transport::Ws => sub.ws_url.unwrap_or_else(|| format!("{}{}", a.api.replacen("http", "ws", 1), sub.ws_path)),
     };
-    let receiver = tokio::spawn(receive(http.clone(), a.transport, url, stop.clone(), |m| println!("{}", render(&m))));
+    let receiver = tokio::spawn(receive(http.clone(), a.transport, url, stop.clone(), |m| crate::say!("{}", render(&m))));
     let until = async {
         match a.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -170,7 +170,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let (sent, refused) = sender.await.unwrap_or((0, 0));
     let windows = receiver.await.unwrap_or(0);
     let _ = http.post(format!("{}/unsubscribe", a.api)).json(&serde_json::json!({ "client_id": client_id })).send().await;
-    println!("unsubscribed {client_id}: sent {sent} emojis ({refused} refused), received {windows} windows");
+    crate::say!("unsubscribed {client_id}: sent {sent} emojis ({refused} refused), received {windows} windows");
     Ok(())
 }
 
@@ -260,13 +260,13 @@ pub async fn receive(
         match ended {
             Ended::Stopped => return windows,
             Ended::Gone(why) => {
-                println!("stream ended: {why}");
+                crate::say!("stream ended: {why}");
                 stop.cancel();
                 return windows;
             }
             Ended::Moved(to) if moves < 3 => {
                 moves += 1;
-                println!("moved: reconnecting to {to}");
+                crate::say!("moved: reconnecting to {to}");
                 url = to;
             }
             Ended::Moved(to) => return give_up(&format!("sent to {to} again and again"), &stop, windows),

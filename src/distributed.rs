@@ -426,7 +426,7 @@ pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> any
 
 /// Prints the readiness line, then runs until SIGTERM or Ctrl-C.
 async fn serve(started: Started) -> anyhow::Result<()> {
-    println!("{}", started.ready);
+    crate::say!("{}", started.ready);
     tracing::info!("{}", started.ready);
     started.run_until(topology::shutdown_signal()).await.context("stopped with an error")?;
     tracing::info!("stopped cleanly");

@@ -18,6 +18,17 @@
 //! - [`sys`]: process limits and `/proc` figures (open files, RSS, CPU time).
 //! - [`telemetry`]: metric names and logging setup.
 
+/// `println!` that never panics: a closed stdout (`emostream up | head -1`, a log collector gone)
+/// loses the line instead of taking the process down. `println!` panics on EPIPE, since Rust
+/// ignores SIGPIPE; restoring SIGPIPE would kill a server whose stdout closed.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod client;
 pub mod core;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    emostream::telemetry::init_logging();
+    emostream::telemetry::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -61,23 +61,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mode = if args.kafka.kafka.is_some() { format!("one process, {}", log.describe()) } else { "embedded, in-process log".to_string() };
     let running = topology::up(config.clone(), log).await.context("cannot start the pipeline")?;
     let (ingest, api) = (running.ingest_addr, running.api_addr);
-    println!("EmoStream is up ({mode})");
-    println!("  ingest     http://{ingest}   POST /emoji, POST /emojis");
-    println!("  api        http://{api}   POST /subscribe, GET /stream/{{id}}, GET /ws/{{id}}, GET /windows, GET /metrics");
-    println!("  dashboard  http://{api}/");
-    println!(
+    emostream::say!("EmoStream is up ({mode})");
+    emostream::say!("  ingest     http://{ingest}   POST /emoji, POST /emojis");
+    emostream::say!("  api        http://{api}   POST /subscribe, GET /stream/{{id}}, GET /ws/{{id}}, GET /windows, GET /metrics");
+    emostream::say!("  dashboard  http://{api}/");
+    emostream::say!(
         "  {} clusters x {} subscribers, {} ms windows, scale {}",
         config.clusters,
         config.subscribers,
         config.window.as_millis(),
         config.scale
     );
-    println!("try it:");
-    println!("  curl -X POST http://{api}/subscribe -H 'Content-Type: application/json' -d '{{\"client_id\":\"me\"}}'");
-    println!("  curl -N http://{api}/stream/me &");
-    println!("  curl -X POST http://{ingest}/emoji -H 'Content-Type: application/json' -d '{{\"emoji\":\"😂\",\"client_id\":\"me\"}}'");
-    println!("Ctrl-C stops: pending windows are published before streams close.");
+    emostream::say!("try it:");
+    emostream::say!("  curl -X POST http://{api}/subscribe -H 'Content-Type: application/json' -d '{{\"client_id\":\"me\"}}'");
+    emostream::say!("  curl -N http://{api}/stream/me &");
+    emostream::say!(
+        "  curl -X POST http://{ingest}/emoji -H 'Content-Type: application/json' -d '{{\"emoji\":\"😂\",\"client_id\":\"me\"}}'"
+    );
+    emostream::say!("Ctrl-C stops: pending windows are published before streams close.");
     running.run_until(topology::shutdown_signal()).await.context("the pipeline stopped with an error")?;
-    println!("EmoStream stopped cleanly");
+    emostream::say!("EmoStream stopped cleanly");
     Ok(())
 }

@@ -57,7 +57,26 @@ fn describe() {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only for a person at a terminal: a file, a pipe or a log collector gets plain text
+    // (and `NO_COLOR` turns them off anywhere, https://no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // One JSON object per line, fields at the top level, for a log collector.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_ansi(false).try_init(),
+    };
+}
+
+/// How log lines look on stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured at a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }

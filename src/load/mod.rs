@@ -292,7 +292,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     });
     summary.set_accepted_by_emoji(acked);
     if args.json {
-        println!("{}", summary.to_json(args.detail));
+        crate::say!("{}", summary.to_json(args.detail));
     } else {
         summary.print_table();
     }

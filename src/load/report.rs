@@ -293,34 +293,48 @@ impl Summary {
 
     pub fn print_table(&self) {
         let verdict = if self.verified { "PASS" } else { "FAIL" };
-        println!();
-        println!("emostream load: {verdict}");
+        crate::say!();
+        crate::say!("emostream load: {verdict}");
         for p in &self.problems {
-            println!("  ✗ {p}");
+            crate::say!("  ✗ {p}");
         }
-        println!(
+        crate::say!(
             "  {:<34} {}/{} ({}, {:.1} s to connect)",
-            "viewers connected", self.clients_connected, self.clients, self.transport, self.connect_s
+            "viewers connected",
+            self.clients_connected,
+            self.clients,
+            self.transport,
+            self.connect_s
         );
-        println!(
+        crate::say!(
             "  {:<34} {} at {}/s, batch {}, {} conns x {} in flight",
-            "senders", self.senders, self.rate, self.batch, self.connections, self.concurrency
+            "senders",
+            self.senders,
+            self.rate,
+            self.batch,
+            self.connections,
+            self.concurrency
         );
-        println!("  {:<34} {:.0} req/s, {:.0} emojis/s over {:.2} s", "accepted", self.requests_per_s, self.emojis_per_s, self.send_s);
-        println!("  {:<34} {} emojis in {} requests", "acked with 200", self.accepted, self.requests_ok);
+        crate::say!("  {:<34} {:.0} req/s, {:.0} emojis/s over {:.2} s", "accepted", self.requests_per_s, self.emojis_per_s, self.send_s);
+        crate::say!("  {:<34} {} emojis in {} requests", "acked with 200", self.accepted, self.requests_ok);
         if self.counts_checked {
-            println!(
+            crate::say!(
                 "  {:<34} {} (windows {}..={}, {} windows; baseline before W0: {})",
-                "counted", self.counted, self.w0, self.wend, self.windows, self.baseline_total
+                "counted",
+                self.counted,
+                self.w0,
+                self.wend,
+                self.windows,
+                self.baseline_total
             );
         } else {
-            println!("  {:<34} {} (not compared)", "counted", self.counted);
+            crate::say!("  {:<34} {} (not compared)", "counted", self.counted);
         }
         if !self.errors_by_status.is_empty() || !self.io_errors.is_empty() {
-            println!("  {:<34} {:?} {:?}", "errors", self.errors_by_status, self.io_errors);
+            crate::say!("  {:<34} {:?} {:?}", "errors", self.errors_by_status, self.io_errors);
         }
         if self.delivery_samples > 0 {
-            println!(
+            crate::say!(
                 "  {:<34} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries)",
                 "window close → delivery",
                 self.delivery_p50_ms,
@@ -331,13 +345,16 @@ impl Summary {
             );
         }
         if self.send_to_window_p50_ms > 0.0 {
-            println!(
+            crate::say!(
                 "  {:<34} p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                "send → window delivered", self.send_to_window_p50_ms, self.send_to_window_p99_ms, self.send_to_window_max_ms
+                "send → window delivered",
+                self.send_to_window_p50_ms,
+                self.send_to_window_p99_ms,
+                self.send_to_window_max_ms
             );
         }
         if let (Some(l), Some(s)) = (self.load_cpu_s, self.server_cpu_s) {
-            println!(
+            crate::say!(
                 "  {:<34} load {:.1} s ({:.0}% of the machine), server {:.1} s",
                 "CPU while sending",
                 l,
@@ -345,10 +362,15 @@ impl Summary {
                 s
             );
         } else if let Some(l) = self.load_cpu_s {
-            println!("  {:<34} load {:.1} s ({:.0}% of the machine)", "CPU while sending", l, self.load_cpu_share.unwrap_or(0.0) * 100.0);
+            crate::say!(
+                "  {:<34} load {:.1} s ({:.0}% of the machine)",
+                "CPU while sending",
+                l,
+                self.load_cpu_share.unwrap_or(0.0) * 100.0
+            );
         }
         if let (Some(a), Some(b)) = (self.server_rss_idle_kib, self.server_rss_connected_kib) {
-            println!(
+            crate::say!(
                 "  {:<34} {} KiB idle, {} KiB subscribed, {} KiB connected ({:.0} B per viewer, {:.0} B per open stream)",
                 "server RSS",
                 a,

@@ -1,0 +1,86 @@
+//! What an operator sees of `emostream up` on a pipe: no panic when stdout closes, plain or JSON log
+//! lines on stderr, no colour codes off a terminal.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `up` on free ports with `stdout` as given and stderr piped; returns it and its API's URL
+/// once `/healthz` answers.
+async fn up(extra: &[&str], stdout: Stdio) -> (Child, String) {
+    let (ingest, api) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["up", "--ingest-addr", &format!("127.0.0.1:{ingest}"), "--api-addr", &format!("127.0.0.1:{api}")])
+        .args(extra)
+        .env_remove("EMOSTREAM_KAFKA")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{api}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{url}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "emostream up did not answer /healthz");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, url)
+}
+
+/// SIGTERM, then the exit status and everything it wrote to stderr.
+fn stop(mut child: Child) -> (std::process::ExitStatus, String) {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (child.wait().unwrap(), err)
+}
+
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_the_server() {
+    // `emostream up | head -1`: the reader is gone before the banner is written.
+    let (mut child, api) = up(&[], Stdio::piped()).await;
+    drop(child.stdout.take());
+    // It keeps serving after its stdout closed…
+    let r = reqwest::Client::new()
+        .post(format!("{api}/subscribe"))
+        .json(&serde_json::json!({"client_id": "after-epipe"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // …and stops cleanly, without a panic.
+    let (status, err) = stop(child);
+    assert!(status.success(), "clean exit on SIGTERM: {status}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn logs_on_a_pipe_have_no_colour_codes_and_json_logs_are_one_object_per_line() {
+    let (child, _) = up(&[], Stdio::null()).await;
+    let (status, text) = stop(child);
+    assert!(status.success());
+    assert!(text.lines().any(|l| l.contains("INFO")), "info lines logged:\n{text}");
+    assert!(!text.contains('\u{1b}'), "no ANSI escape codes off a terminal:\n{text}");
+
+    let (child, _) = up(&["--log-format", "json"], Stdio::null()).await;
+    let (status, json) = stop(child);
+    assert!(status.success());
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "json lines logged");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+}
+
+#[test]
+fn a_bad_log_format_names_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_emostream")).args(["up", "--log-format", "xml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format"));
+}
