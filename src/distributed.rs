@@ -412,7 +412,7 @@ pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> any
         .route(
             "/metrics",
             get(move || {
-                let text = prometheus.render();
+                let text = crate::telemetry::render(&prometheus);
                 async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
             }),
         )

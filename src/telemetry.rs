@@ -18,6 +18,7 @@ pub const SLOW_CLIENTS_DROPPED: &str = "emostream_slow_clients_dropped_total";
 pub const MESSAGES_DELIVERED: &str = "emostream_messages_delivered_total";
 pub const SUBSCRIPTIONS: &str = "emostream_subscriptions";
 pub const PUBLISH_DELAY: &str = "emostream_window_publish_delay_seconds";
+pub const BUILD_INFO: &str = "emostream_build_info";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -33,9 +34,29 @@ pub fn prometheus() -> PrometheusHandle {
             // Only fails when another recorder is installed, e.g. by a test harness: metrics then go there.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            process_collector().describe();
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "kafka" => if cfg!(feature = "kafka") { "true" } else { "false" }
+            )
+            .set(1.0);
             handle
         })
         .clone()
+}
+
+/// The process's own metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_start_time_seconds` …, the names Prometheus's client libraries use).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// The text of `/metrics`: the process's metrics read now, then every metric of the recorder.
+pub fn render(handle: &PrometheusHandle) -> String {
+    process_collector().collect();
+    handle.render()
 }
 
 fn describe() {
@@ -54,6 +75,7 @@ fn describe() {
     describe_counter!(MESSAGES_DELIVERED, "Swarm messages written to client streams");
     describe_gauge!(SUBSCRIPTIONS, "Registered clients per subscriber");
     describe_histogram!(PUBLISH_DELAY, "From window end to publication");
+    describe_gauge!(BUILD_INFO, "Always 1; its labels say which emostream this is (version, kafka support)");
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info`.

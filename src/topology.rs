@@ -221,7 +221,10 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         config.emojis.clone(),
         IngestConfig { linger: config.linger, batch: config.batch, buffer: config.buffer, ack: config.ack, partitions },
     );
-    let ingest_app = http::ingest::app(http::ingest::IngestState::new(handle, config.emojis.clone(), prometheus.clone()), config.limits);
+    let ingest_app = http::ingest::app(
+        http::ingest::IngestState::new(handle, config.emojis.clone(), prometheus.clone()).without_metrics(),
+        config.limits,
+    );
     sup.step();
     sup.spawn("ingest-http", |stop| http::serve_http1(ingest_listener, ingest_app, stop));
     sup.step();

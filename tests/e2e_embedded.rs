@@ -100,6 +100,12 @@ async fn every_acked_emoji_is_counted_once_and_every_client_sees_the_same_window
     assert!(metrics.contains(&format!("emostream_events_accepted_total {acked_total}")), "{metrics}");
     assert!(metrics.contains("emostream_events_rejected_total{reason=\"unknown_emoji\"} 2"), "{metrics}");
     assert!(metrics.contains("emostream_connected_clients{subscriber=\"11\"} 1"), "{metrics}");
+    assert!(metrics.contains(&format!("emostream_build_info{{version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes ") && metrics.contains("process_cpu_seconds_total "), "{metrics}");
+    // One scrape per process: the ingest port of `up` points to the API's.
+    let r = reqwest::get(format!("{ingest}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("--api-addr"));
 
     // Let a few windows pass, then stop: shutdown publishes what is held before closing streams.
     tokio::time::sleep(Duration::from_millis(1200)).await;

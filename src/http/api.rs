@@ -300,7 +300,7 @@ async fn windows(
 }
 
 async fn stats(State(s): State<ApiState>) -> impl IntoResponse {
-    let text = s.prometheus.render();
+    let text = crate::telemetry::render(&s.prometheus);
     let sum = |name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b' ') || l.as_bytes().get(name.len()) == Some(&b'{')))
@@ -324,7 +324,7 @@ async fn stats(State(s): State<ApiState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render(&s.prometheus))
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -88,7 +88,8 @@ impl Rejected {
 pub struct IngestState {
     pub ingest: IngestHandle,
     pub set: EmojiSet,
-    pub prometheus: PrometheusHandle,
+    /// `None` when another port of this process serves `/metrics` (`up`: the API's).
+    pub prometheus: Option<PrometheusHandle>,
     accepted: Counter,
     rejected: Arc<Rejected>,
     limits: IngestLimits,
@@ -99,11 +100,18 @@ impl IngestState {
         Self {
             ingest,
             set,
-            prometheus,
+            prometheus: Some(prometheus),
             accepted: metrics::counter!(telemetry::EVENTS_ACCEPTED),
             rejected: Arc::new(Rejected::new()),
             limits: IngestLimits::default(),
         }
+    }
+
+    /// No `/metrics` here: another port of the process serves them, and a scrape of both would
+    /// count every series twice.
+    pub fn without_metrics(mut self) -> Self {
+        self.prometheus = None;
+        self
     }
 }
 
@@ -248,8 +256,13 @@ async fn healthz() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
 }
 
-async fn metrics_text(State(s): State<Arc<IngestState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render())
+async fn metrics_text(State(s): State<Arc<IngestState>>) -> Result<impl IntoResponse, ApiError> {
+    let Some(prometheus) = &s.prometheus else {
+        return Err(ApiError::not_found(
+            "this process serves its metrics once, on the API port (--api-addr): scrape http://<api-addr>/metrics",
+        ));
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render(prometheus)))
 }
 
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
