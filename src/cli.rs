@@ -281,6 +281,15 @@ impl IngestFlags {
     }
 }
 
+/// How a process that serves HTTP shuts down.
+#[derive(Debug, Clone, Args)]
+pub struct DrainFlag {
+    /// After SIGTERM or Ctrl-C, answer /readyz with 503 and keep serving this long before stopping
+    /// (give a load balancer time to move traffic away; e.g. 5s behind one, 0s alone).
+    #[arg(long, env = "EMOSTREAM_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+}
+
 /// The window length, shared by aggregate and publish (they must agree).
 #[derive(Debug, Clone, Args)]
 pub struct WindowFlag {
@@ -435,6 +444,9 @@ pub struct UpArgs {
     pub instance: InstanceFlag,
 
     #[command(flatten)]
+    pub drain: DrainFlag,
+
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
@@ -581,6 +593,7 @@ impl UpArgs {
     pub fn to_config(&self) -> anyhow::Result<UpConfig> {
         let i = &self.ingest;
         Ok(UpConfig {
+            drain_delay: self.drain.drain_delay,
             ingest_addr: i.ingest_addr,
             api_addr: self.api_addr,
             clusters: self.topology.clusters,

@@ -147,8 +147,10 @@ pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, 
     let listener = http::bind(s.addr, "--ingest-addr").await?;
     let addr = listener.local_addr()?;
     let (handle, batcher) = ingest::ingest(log.clone(), s.emojis.clone(), ingest::IngestConfig { partitions, ..s.config });
-    let app = http::ingest::app(http::ingest::IngestState::new(handle, s.emojis, telemetry::prometheus()), s.limits);
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
+    let app = http::ingest::app(http::ingest::IngestState::new(handle, s.emojis, telemetry::prometheus()), s.limits)
+        .merge(http::probe::routes(sup.readiness()));
     // Stop taking requests first, then append everything acknowledged.
     sup.step();
     sup.spawn("ingest-http", |stop| http::serve_http1(listener, app, stop));
@@ -169,6 +171,7 @@ pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, 
 pub async fn start_aggregate(log: Arc<dyn Log>, config: aggregate::AggregateConfig, partitions: u32) -> Result<Started, TopologyError> {
     let partitions = ensure(&*log, partitions, None).await?;
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
     let window = config.window.size_ms();
     let l = log.clone();
     sup.spawn("aggregate", move |stop| aggregate::run(l, config, stop));
@@ -189,6 +192,7 @@ pub async fn start_aggregate(log: Arc<dyn Log>, config: aggregate::AggregateConf
 pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, partitions: u32) -> Result<Started, TopologyError> {
     let partitions = ensure(&*log, partitions, None).await?;
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
     let ready = format!(
         "publish running: {} (from {partitions} partitions) → {}, {} ms windows, scale {}, on {}",
         topics::PARTIALS,
@@ -209,6 +213,7 @@ pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, pa
 pub async fn start_cluster(log: Arc<dyn Log>, id: u32, instance_id: Option<String>, partitions: u32) -> Result<Started, TopologyError> {
     ensure(&*log, partitions, Some(topics::cluster(id))).await?;
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
     let l = log.clone();
     sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, instance_id }, stop));
     let ready = format!("cluster {id} running: {} → {}, on {}", topics::MAIN, topics::cluster(id), log.describe());
@@ -277,9 +282,9 @@ pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<S
         subscriptions_log: None,
         placement_wait: PLACEMENT_WAIT,
     };
-    let app = http::api::subscriber_app(state);
-
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
+    let app = http::api::subscriber_app(state).merge(http::probe::routes(sup.readiness()));
     // Shutdown order: say it left (the registry stops placing clients here), end the streams, then
     // stop following the topics.
     sup.step();
@@ -366,9 +371,9 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
         subscriptions_log: Some(log.clone()),
         placement_wait: Duration::ZERO,
     };
-    let app = http::api::registry_app(state);
-
     let mut sup = Supervisor::new();
+    sup.readiness().watch_log(log.clone());
+    let app = http::api::registry_app(state).merge(http::probe::routes(sup.readiness()));
     sup.step();
     let rr = registry_ready.clone();
     sup.spawn("api-http", move |stop| async move {
@@ -396,7 +401,7 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
     Ok(Started { addr: Some(addr), ready, supervisor: sup })
 }
 
-/// Serves `GET /metrics` and `GET /healthz` at `addr` for a stage without an HTTP API of its own; it
+/// Serves `GET /metrics`, `GET /healthz`, `/livez` and `/readyz` at `addr` for a stage without an HTTP API of its own; it
 /// stops last, after the stage.
 ///
 /// # Errors
@@ -416,7 +421,8 @@ pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> any
                 async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
             }),
         )
-        .route("/healthz", get(|| async { ([(CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#) }));
+        .route("/healthz", get(|| async { ([(CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#) }))
+        .merge(http::probe::routes(started.supervisor.readiness()));
     started.supervisor.step();
     started.supervisor.spawn("metrics-http", move |stop| http::serve_http1(listener, app, stop));
     started.ready.push_str(&format!("; metrics on http://{bound}/metrics"));

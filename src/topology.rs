@@ -51,6 +51,8 @@ pub struct UpConfig {
     /// Kafka: the base of this process's stable instance ids (`{base}-aggregate`, `{base}-publish`,
     /// `{base}-cluster-N`); `None`: dynamic members. Ignored in memory.
     pub instance_id: Option<String>,
+    /// After the shutdown signal, how long `/readyz` says "not ready" while everything still serves.
+    pub drain_delay: Duration,
 }
 
 /// Why the pipeline stopped badly.
@@ -76,6 +78,9 @@ pub struct Supervisor {
     failed: CancellationToken,
     failures: Arc<std::sync::Mutex<Vec<String>>>,
     stages: Vec<Vec<Stage>>,
+    readiness: Arc<http::probe::Readiness>,
+    /// How long `/readyz` says "not ready" after the signal before the stages stop.
+    drain_delay: Duration,
 }
 
 impl Default for Supervisor {
@@ -86,7 +91,19 @@ impl Default for Supervisor {
 
 impl Supervisor {
     pub fn new() -> Self {
-        Self { failed: CancellationToken::new(), failures: Arc::default(), stages: Vec::new() }
+        let failed = CancellationToken::new();
+        let readiness = http::probe::Readiness::new(failed.clone());
+        Self { failed, failures: Arc::default(), stages: Vec::new(), readiness, drain_delay: Duration::ZERO }
+    }
+
+    /// What this process's `/readyz` answers from.
+    pub fn readiness(&self) -> Arc<http::probe::Readiness> {
+        self.readiness.clone()
+    }
+
+    /// After the shutdown signal, stays up (not ready) this long before stopping.
+    pub fn set_drain_delay(&mut self, delay: Duration) {
+        self.drain_delay = delay;
     }
 
     /// Starts a new shutdown step: stages spawned after this stop after the earlier ones finished.
@@ -137,7 +154,17 @@ impl Supervisor {
     pub async fn run_until(self, signal: impl Future<Output = ()>, per_step: Duration) -> Result<(), TopologyError> {
         let failed = self.failed();
         tokio::select! {
-            () = signal => tracing::info!("shutting down: publishing what is held, then closing client streams"),
+            () = signal => {
+                self.readiness.drain();
+                if !self.drain_delay.is_zero() {
+                    tracing::info!(drain_delay = ?self.drain_delay, "shutting down: /readyz answers 503 now; still serving until the drain delay ends");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.drain_delay) => {}
+                        () = failed.cancelled() => {}
+                    }
+                }
+                tracing::info!("shutting down: publishing what is held, then closing client streams");
+            }
             () = failed.cancelled() => {}
         }
         self.shutdown(per_step).await
@@ -214,6 +241,9 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     let window = WindowSpec::new(i64::try_from(config.window.as_millis()).unwrap_or(i64::MAX));
 
     let mut sup = Supervisor::new();
+    sup.set_drain_delay(config.drain_delay);
+    let readiness = sup.readiness();
+    readiness.watch_log(log.clone());
 
     // Step 1: ingest HTTP, then its batcher (which appends what was acknowledged).
     let (handle, batcher) = ingest::ingest(
@@ -224,7 +254,8 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     let ingest_app = http::ingest::app(
         http::ingest::IngestState::new(handle, config.emojis.clone(), prometheus.clone()).without_metrics(),
         config.limits,
-    );
+    )
+    .merge(http::probe::routes(readiness.clone()));
     sup.step();
     sup.spawn("ingest-http", |stop| http::serve_http1(ingest_listener, ingest_app, stop));
     sup.step();
@@ -290,7 +321,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         subscriptions_log: None,
         placement_wait: Duration::ZERO,
     };
-    let api_app = http::api::app(api_state);
+    let api_app = http::api::app(api_state).merge(http::probe::routes(readiness));
     sup.step();
     sup.spawn("api-http", move |stop| {
         let ss = streams_shutdown.clone();

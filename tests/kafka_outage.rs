@@ -119,6 +119,12 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let readyz = |url: String| async move {
+        let r = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(readyz(format!("{api}/readyz")).await, (200, json!({"status": "ready"})), "ready while Kafka answers");
+
     // Kafka goes away. Ingest still answers: 200 while its buffer has room, then 503, never a hang.
     broker.script(&["stop"]);
     let mut statuses = BTreeMap::<u16, u32>::new();
@@ -134,6 +140,13 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
     assert!(statuses.get(&503).copied().unwrap_or(0) >= 1, "a full buffer says 503: {statuses:?}");
     assert_eq!(statuses.keys().filter(|s| **s != 200 && **s != 503).count(), 0, "only 200 or 503: {statuses:?}");
     up.assert_running();
+    // Not ready while its log is away (on both ports), though still live.
+    for base in [&api, &ingest] {
+        let (status, body) = readyz(format!("{base}/readyz")).await;
+        assert_eq!(status, 503, "{base}/readyz while Kafka is away: {body}");
+        assert!(body["reasons"].to_string().contains("the log"), "{body}");
+        assert_eq!(reqwest::get(format!("{base}/livez")).await.unwrap().status(), 200);
+    }
 
     // Kafka is back: ingest answers 200 again within 5 s, and everything acknowledged comes through,
     // exactly once.
@@ -153,6 +166,11 @@ async fn ingest_keeps_answering_while_kafka_is_away_and_nothing_acked_is_lost() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("ingest answered 200 {:?} after the broker was back ({seen:?})", back.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readyz(format!("{api}/readyz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again after the broker's return: {}", readyz(format!("{api}/readyz")).await.1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     while viewer.totals() != acked {
         up.assert_running();

@@ -84,3 +84,33 @@ fn a_bad_log_format_names_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format"));
 }
+
+#[tokio::test]
+async fn readyz_turns_not_ready_at_sigterm_before_the_drain() {
+    let (child, api) = up(&["--drain-delay", "10s"], Stdio::null()).await;
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(get(format!("{api}/livez")).await, (200, serde_json::json!({"status": "live"})));
+    assert_eq!(get(format!("{api}/readyz")).await, (200, serde_json::json!({"status": "ready"})));
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    // Not ready from the signal on, while everything still serves for the drain delay.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (status, body) = loop {
+        let (s, b) = get(format!("{api}/readyz")).await;
+        if s != 200 || Instant::now() > deadline {
+            break (s, b);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not ready");
+    assert!(body["reasons"][0].as_str().unwrap().contains("shutting down"), "{body}");
+    assert_eq!(get(format!("{api}/livez")).await.0, 200, "still live while draining");
+    let r = reqwest::Client::new().post(format!("{api}/subscribe")).json(&serde_json::json!({"client_id": "late"})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "still serving while draining");
+    let (status, err) = stop(child);
+    assert!(status.success(), "{err}");
+}

@@ -5,6 +5,7 @@ pub mod api;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+pub mod probe;
 pub mod stream;
 
 pub use error::ApiError;

@@ -309,6 +309,11 @@ impl Log for KafkaLog {
         self.existing_partitions(topic).await?.ok_or_else(|| LogError::NoSuchTopic(self.name(topic)))
     }
 
+    /// A metadata request that a broker must answer (librdkafka's cached metadata does not count).
+    async fn ping(&self) -> Result<(), LogError> {
+        self.topic_partitions(super::topics::EVENTS, Duration::from_secs(2)).await.map(|_| ())
+    }
+
     async fn append(&self, outputs: Vec<Output>) -> Result<(), LogError> {
         let names: Vec<String> = outputs.iter().map(|o| self.name(&o.topic)).collect();
         let mut pending = Vec::with_capacity(outputs.len());

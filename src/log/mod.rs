@@ -177,6 +177,14 @@ pub trait Log: Send + Sync + 'static {
 
     /// A short description for logs ("in-process" or "kafka at host:port").
     fn describe(&self) -> String;
+
+    /// Whether the log answers now (for `/readyz`); the in-process log always does.
+    ///
+    /// # Errors
+    /// When it cannot be reached.
+    async fn ping(&self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 /// Reads one topic.
