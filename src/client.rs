@@ -65,6 +65,34 @@ fn prompt(question: &str, default: &str) -> Result<String> {
     Ok(if line.is_empty() { default.to_string() } else { line.to_string() })
 }
 
+/// Asks until the answer parses: a typo at a prompt asks again instead of ending the client.
+fn prompt_parse<T: std::str::FromStr>(question: &str, default: &str, what: &str) -> Result<T> {
+    loop {
+        let answer = prompt(question, default)?;
+        match answer.parse() {
+            Ok(v) => return Ok(v),
+            Err(_) if std::io::stdin().is_terminal() => say_err(&format!("“{answer}” is not {what}; try again")),
+            Err(_) => bail!("“{answer}” is not {what}"),
+        }
+    }
+}
+
+/// An answer that may be left blank.
+struct Blank<T>(Option<T>);
+
+impl<T: std::str::FromStr> std::str::FromStr for Blank<T> {
+    type Err = T::Err;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() { Ok(Self(None)) } else { s.parse().map(|v| Self(Some(v))) }
+    }
+}
+
+fn say_err(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Fills what the flags left out: asked when stdin is a terminal, defaults otherwise.
 fn complete(mut a: ClientArgs) -> Result<ClientArgs> {
     let interactive = std::io::stdin().is_terminal();
@@ -73,20 +101,14 @@ fn complete(mut a: ClientArgs) -> Result<ClientArgs> {
         a.client_id = Some(if interactive { prompt("Client id", &random_id)? } else { random_id });
     }
     if interactive && a.cluster.is_none() && a.subscriber.is_none() {
-        let c = prompt("Cluster (blank: least loaded)", "")?;
-        if !c.is_empty() {
-            a.cluster = Some(c.parse().with_context(|| format!("cluster {c:?} is not a number"))?);
-            let s = prompt("Subscriber", "1")?;
-            a.subscriber = Some(s.parse().with_context(|| format!("subscriber {s:?} is not a number"))?);
+        let c: Blank<u32> = prompt_parse("Cluster (blank: least loaded)", "", "a cluster number (or blank)")?;
+        if let Blank(Some(c)) = c {
+            a.cluster = Some(c);
+            a.subscriber = Some(prompt_parse("Subscriber", "1", "a subscriber number")?);
         }
     }
     if a.rate.is_none() {
-        a.rate = Some(if interactive {
-            let r = prompt("Emojis per second", "5")?;
-            r.parse().with_context(|| format!("rate {r:?} is not a number"))?
-        } else {
-            5.0
-        });
+        a.rate = Some(if interactive { prompt_parse("Emojis per second", "5", "a number")? } else { 5.0 });
     }
     if a.emojis.is_none() {
         a.emojis = Some(if interactive { prompt("Emojis to send", "😀,😂,😍,👍")? } else { "😀,😂,😍,👍".into() });
@@ -117,7 +139,15 @@ pub fn render(m: &SwarmMessage) -> String {
     let time = chrono::DateTime::from_timestamp_millis(m.window_end).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
     let swarm: String = m.swarm.iter().map(|(e, n)| e.repeat(usize::try_from(*n).unwrap_or(0).min(100))).collect();
     let swarm = if swarm.is_empty() { "·".to_string() } else { swarm };
-    format!("{time}  {swarm}  (total {})", m.total)
+    let mut line = format!("{time}  {swarm}  (total {}", m.total);
+    if let Some(mood) = m.mood.mood {
+        line.push_str(&format!(", mood {mood:+.2}"));
+    }
+    line.push(')');
+    for s in &m.mood.surges {
+        line.push_str(&format!("  surge: {} ×{:.1}", s.emotion, s.ratio));
+    }
+    line
 }
 
 /// Runs the client until `--duration` passes or Ctrl-C.
@@ -128,6 +158,67 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let a = complete(args)?;
     let client_id = a.client_id.clone().expect("completed");
     let http = reqwest::Client::new();
+    let mut sub = subscribe(&http, &a, &client_id).await?;
+    crate::say!("{client_id} subscribed to cluster {} subscriber {}; Ctrl-C to stop", sub.cluster_id, sub.subscriber_id);
+
+    let stop = CancellationToken::new();
+    let emojis: Vec<String> =
+        a.emojis.as_deref().unwrap_or("").split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    let sender = tokio::spawn(send_loop(http.clone(), a.ingest.clone(), client_id.clone(), a.rate.unwrap_or(0.0), emojis, stop.clone()));
+    let until = async {
+        match a.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+    let signal = crate::topology::shutdown_signal();
+    tokio::pin!(signal);
+    let (mut windows, mut forgotten) = (0, 0);
+    loop {
+        let url = match a.transport {
+            Transport::Sse => sub.stream_url.clone().unwrap_or_else(|| format!("{}{}", a.api, sub.stream_path)),
+            Transport::Ws => sub.ws_url.clone().unwrap_or_else(|| format!("{}{}", a.api.replacen("http", "ws", 1), sub.ws_path)),
+        };
+        // Its own token: a stream the server ended (it forgot this client) stops the stream only.
+        let stream = stop.child_token();
+        let mut receiver = tokio::spawn(receive(http.clone(), a.transport, url, stream.clone(), |m| crate::say!("{}", render(&m))));
+        let got = tokio::select! {
+            () = &mut until => None,
+            () = &mut signal => None,
+            () = stop.cancelled() => None,
+            got = &mut receiver => Some(got.unwrap_or(0)),
+        };
+        let Some(got) = got else {
+            stop.cancel();
+            windows += receiver.await.unwrap_or(0);
+            break;
+        };
+        windows += got;
+        // The stream ended on the server's word: after a restart of an embedded server (or an
+        // expired subscription) it no longer knows this client. Subscribe again, a few times.
+        forgotten = if got > 0 { 1 } else { forgotten + 1 };
+        if forgotten > 3 {
+            say_err("the server keeps ending this client's stream; giving up");
+            stop.cancel();
+            break;
+        }
+        crate::say!("the server no longer knows {client_id} (restarted?); subscribing again");
+        sub = tokio::select! {
+            s = subscribe_again(&http, &a, &client_id) => s,
+            () = &mut until => { stop.cancel(); break }
+            () = &mut signal => { stop.cancel(); break }
+        };
+        crate::say!("{client_id} subscribed again to cluster {} subscriber {}", sub.cluster_id, sub.subscriber_id);
+    }
+    let (sent, refused) = sender.await.unwrap_or((0, 0));
+    let _ = http.post(format!("{}/unsubscribe", a.api)).json(&serde_json::json!({ "client_id": client_id })).send().await;
+    crate::say!("unsubscribed {client_id}: sent {sent} emojis ({refused} refused), received {windows} windows");
+    Ok(())
+}
+
+/// `POST /subscribe` for this client.
+async fn subscribe(http: &reqwest::Client, a: &ClientArgs, client_id: &str) -> Result<Subscribed> {
     let mut body = serde_json::json!({ "client_id": client_id });
     if let (Some(c), Some(s)) = (a.cluster, a.subscriber) {
         body["cluster_id"] = c.into();
@@ -143,35 +234,22 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         let status = resp.status();
         bail!("subscribe refused ({status}): {}", resp.text().await.unwrap_or_default());
     }
-    let sub: Subscribed = resp.json().await.context("unexpected answer to POST /subscribe")?;
-    crate::say!("{client_id} subscribed to cluster {} subscriber {}; Ctrl-C to stop", sub.cluster_id, sub.subscriber_id);
+    resp.json().await.context("unexpected answer to POST /subscribe")
+}
 
-    let stop = CancellationToken::new();
-    let emojis: Vec<String> =
-        a.emojis.as_deref().unwrap_or("").split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-    let sender = tokio::spawn(send_loop(http.clone(), a.ingest.clone(), client_id.clone(), a.rate.unwrap_or(0.0), emojis, stop.clone()));
-    let url = match a.transport {
-        Transport::Sse => sub.stream_url.unwrap_or_else(|| format!("{}{}", a.api, sub.stream_path)),
-        Transport::Ws => sub.ws_url.unwrap_or_else(|| format!("{}{}", a.api.replacen("http", "ws", 1), sub.ws_path)),
-    };
-    let receiver = tokio::spawn(receive(http.clone(), a.transport, url, stop.clone(), |m| crate::say!("{}", render(&m))));
-    let until = async {
-        match a.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+/// [`subscribe`], retried with a backoff while the API is away or refuses.
+async fn subscribe_again(http: &reqwest::Client, a: &ClientArgs, client_id: &str) -> Subscribed {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match subscribe(http, a, client_id).await {
+            Ok(s) => return s,
+            Err(e) => {
+                say_err(&format!("{e:#}; trying again in {backoff:?}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
-    };
-    tokio::select! {
-        () = until => {}
-        () = crate::topology::shutdown_signal() => {}
-        () = stop.cancelled() => {}
     }
-    stop.cancel();
-    let (sent, refused) = sender.await.unwrap_or((0, 0));
-    let windows = receiver.await.unwrap_or(0);
-    let _ = http.post(format!("{}/unsubscribe", a.api)).json(&serde_json::json!({ "client_id": client_id })).send().await;
-    crate::say!("unsubscribed {client_id}: sent {sent} emojis ({refused} refused), received {windows} windows");
-    Ok(())
 }
 
 async fn send_loop(

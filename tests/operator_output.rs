@@ -12,7 +12,10 @@ fn free_port() -> u16 {
 /// Starts `up` on free ports with `stdout` as given and stderr piped; returns it and its API's URL
 /// once `/healthz` answers.
 async fn up(extra: &[&str], stdout: Stdio) -> (Child, String) {
-    let (ingest, api) = (free_port(), free_port());
+    up_on(free_port(), free_port(), extra, stdout).await
+}
+
+async fn up_on(ingest: u16, api: u16, extra: &[&str], stdout: Stdio) -> (Child, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_emostream"))
         .args(["up", "--ingest-addr", &format!("127.0.0.1:{ingest}"), "--api-addr", &format!("127.0.0.1:{api}")])
         .args(extra)
@@ -113,4 +116,50 @@ async fn readyz_turns_not_ready_at_sigterm_before_the_drain() {
     assert_eq!(r.status(), 200, "still serving while draining");
     let (status, err) = stop(child);
     assert!(status.success(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_subscribes_again_after_an_embedded_restart() {
+    use tokio::io::AsyncBufReadExt;
+    let (ingest, api) = (free_port(), free_port());
+    let (server, api_url) = up_on(ingest, api, &["--window", "500ms", "--grace", "100ms"], Stdio::null()).await;
+    let mut client = tokio::process::Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["client", "--client-id", "phoenix", "--rate", "5", "--emojis", "😂", "--duration", "120s"])
+        .args(["--api", &api_url, "--ingest", &format!("http://127.0.0.1:{ingest}")])
+        .env_remove("EMOSTREAM_KAFKA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut next_line =
+        async move || tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the client printed").unwrap();
+    // A window line shows the swarm, the total and the mood.
+    let window = loop {
+        let l = next_line().await.expect("the client runs");
+        if l.contains("(total ") && l.contains("😂") {
+            break l;
+        }
+    };
+    assert!(window.contains("mood +"), "the mood beside the swarm: {window}");
+
+    // The embedded server restarts on the same ports and has forgotten every subscription.
+    let (status, _) = stop(server);
+    assert!(status.success());
+    let (server, _) = up_on(ingest, api, &["--window", "500ms", "--grace", "100ms"], Stdio::null()).await;
+    let mut said = Vec::new();
+    loop {
+        let l = next_line().await.unwrap_or_else(|| panic!("the client ended instead of subscribing again: {said:?}"));
+        if l.contains("(total ") && l.contains("😂") && said.iter().any(|s: &String| s.contains("subscribed again")) {
+            break;
+        }
+        said.push(l);
+    }
+    assert!(said.iter().any(|l| l.contains("no longer knows phoenix")), "{said:?}");
+    let subs: serde_json::Value = reqwest::get(format!("{api_url}/subscriptions")).await.unwrap().json().await.unwrap();
+    assert!(subs.to_string().contains("phoenix"), "subscribed again on the new server: {subs}");
+    client.kill().await.unwrap();
+    stop(server);
 }
