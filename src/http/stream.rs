@@ -44,7 +44,7 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 /// it a send fails and the connection ends; the library keeps at most one pending pong besides, so a
 /// client that sends pings and never reads the pongs cannot grow the server (it did, by 100 MiB a
 /// second, before this bound). The socket's `--write-timeout` ends it too.
-const WS_MAX_WRITE_BUFFER: usize = 32 * 1024;
+const WS_MAX_WRITE_BUFFER: usize = 16 * 1024;
 
 /// Longest a new stream waits for its subscriber to finish reading the windows it replays from.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
