@@ -21,5 +21,5 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/emoji", post(received)).route("/emojis", post(received));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("baseline listening on http://{}", listener.local_addr()?);
-    emostream::http::serve_http1(listener, app, tokio_util::sync::CancellationToken::new()).await
+    emostream::http::serve_http1(listener, app, Default::default(), tokio_util::sync::CancellationToken::new()).await
 }

@@ -14,6 +14,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::core::emoji::{EmojiSet, SkinTones};
 use crate::core::emotion::{EmotionMap, EmotionMapError, TrendConfig};
 use crate::core::scale::ScaleRule;
+use crate::http::ServeLimits;
 use crate::http::ingest::IngestLimits;
 use crate::stages::ingest::AckMode;
 use crate::topology::UpConfig;
@@ -290,6 +291,42 @@ pub struct DrainFlag {
     pub drain_delay: Duration,
 }
 
+/// Limits of every HTTP listener, so that no client can hold more than its share of memory or sockets.
+#[derive(Debug, Clone, Args)]
+pub struct ServeFlags {
+    /// A request body that brings nothing for this long is answered 408 and its connection closed.
+    #[arg(long, env = "EMOSTREAM_BODY_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+
+    /// A connection whose socket accepts nothing for this long is closed: a viewer that stopped
+    /// reading its stream, a client that never reads its answers.
+    #[arg(long, env = "EMOSTREAM_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub write_timeout: Duration,
+
+    /// Most open connections per listener; past it a new connection is answered 503 with Retry-After
+    /// and closed [default: from the open-files limit, about half of it per listener].
+    #[arg(long, env = "EMOSTREAM_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: Option<u64>,
+}
+
+impl ServeFlags {
+    pub fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            body_timeout: self.body_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s} must be longer than zero"));
+    }
+    Ok(d)
+}
+
 /// The window length, shared by aggregate and publish (they must agree).
 #[derive(Debug, Clone, Args)]
 pub struct WindowFlag {
@@ -423,6 +460,9 @@ pub struct UpArgs {
     pub api_addr: SocketAddr,
 
     #[command(flatten)]
+    pub serve: ServeFlags,
+
+    #[command(flatten)]
     pub topology: TopologyFlags,
 
     #[command(flatten)]
@@ -455,6 +495,8 @@ pub struct UpArgs {
 pub struct IngestArgs {
     #[command(flatten)]
     pub ingest: IngestFlags,
+    #[command(flatten)]
+    pub serve: ServeFlags,
     #[command(flatten)]
     pub partitions: PartitionsFlag,
     #[command(flatten)]
@@ -538,6 +580,8 @@ pub struct SubscriberArgs {
     pub advertise: Option<String>,
 
     #[command(flatten)]
+    pub serve: ServeFlags,
+    #[command(flatten)]
     pub history: HistoryFlag,
     #[command(flatten)]
     pub partitions: PartitionsFlag,
@@ -561,6 +605,8 @@ pub struct RegistryArgs {
     /// Address of the subscription API (POST /subscribe, POST /unsubscribe, GET /subscriptions).
     #[arg(long, env = "EMOSTREAM_API_ADDR", default_value = "127.0.0.1:5002")]
     pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub serve: ServeFlags,
     #[command(flatten)]
     pub topology: TopologyFlags,
     #[command(flatten)]
@@ -607,6 +653,7 @@ impl UpArgs {
             buffer: i.buffer,
             ack: i.ack,
             limits: i.limits(),
+            serve: self.serve.limits(),
             history: self.history.windows(),
             partitions: self.partitions.partitions,
             emotions: std::sync::Arc::new(self.publish.emotion_map()?),
@@ -721,6 +768,17 @@ mod tests {
         assert_eq!(u.ingest.max_body, 64 * 1024);
         assert_eq!(u.ingest.max_batch_body, 4 * 1024 * 1024);
         assert_eq!(u.kafka.kafka, None, "embedded unless --kafka");
+        assert_eq!(u.serve.limits(), ServeLimits::default(), "the flags' defaults are the library's");
+    }
+
+    #[test]
+    fn serve_limits_parse() {
+        let u = up(&["--body-timeout", "1s", "--write-timeout", "500ms", "--max-connections", "40"]);
+        assert_eq!(
+            u.serve.limits(),
+            ServeLimits { body_timeout: Duration::from_secs(1), write_timeout: Duration::from_millis(500), max_connections: Some(40) }
+        );
+        assert!(parse_timeout("0s").is_err());
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub struct IngestStage {
     /// Its `partitions` is what to create `emoji_topic` with.
     pub config: ingest::IngestConfig,
     pub limits: http::ingest::IngestLimits,
+    pub serve: http::ServeLimits,
 }
 
 /// Starts the ingest API appending to `emoji_topic`.
@@ -153,7 +154,7 @@ pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, 
         .merge(http::probe::routes(sup.readiness()));
     // Stop taking requests first, then append everything acknowledged.
     sup.step();
-    sup.spawn("ingest-http", |stop| http::serve_http1(listener, app, stop));
+    sup.spawn("ingest-http", move |stop| http::serve_http1(listener, app, s.serve, stop));
     sup.step();
     sup.spawn("ingest-batcher", |stop| batcher.run(stop));
     let ready = format!(
@@ -231,6 +232,7 @@ pub struct SubscriberStage {
     /// Windows kept for `/windows` and for reconnecting clients.
     pub history: usize,
     pub partitions: u32,
+    pub serve: http::ServeLimits,
 }
 
 /// The URL clients reach a listener at: `--advertise`, or `http://` and the bound address (with this
@@ -282,6 +284,8 @@ pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<S
         subscriptions_log: None,
         placement_wait: PLACEMENT_WAIT,
     };
+    let serve = s.serve;
+
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
     let app = http::api::subscriber_app(state).merge(http::probe::routes(sup.readiness()));
@@ -312,7 +316,7 @@ pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<S
             s2.cancelled().await;
             ss.cancel();
         });
-        http::serve_http1(listener, app, stop).await
+        http::serve_http1(listener, app, serve, stop).await
     });
     sup.step();
     let (l, h, replay) = (log.clone(), hub.clone(), s.history as u64);
@@ -345,6 +349,7 @@ pub struct RegistryStage {
     /// Windows kept for `/windows`.
     pub history: usize,
     pub partitions: u32,
+    pub serve: http::ServeLimits,
 }
 
 /// Starts the subscription API over the subscriptions topic.
@@ -371,6 +376,8 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
         subscriptions_log: Some(log.clone()),
         placement_wait: Duration::ZERO,
     };
+    let serve = s.serve;
+
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
     let app = http::api::registry_app(state).merge(http::probe::routes(sup.readiness()));
@@ -382,7 +389,7 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
             () = rr.cancelled() => {}
             () = stop.cancelled() => {}
         }
-        http::serve_http1(listener, app, stop).await
+        http::serve_http1(listener, app, serve, stop).await
     });
     sup.step();
     let (l, reg, rr) = (log.clone(), registry.clone(), registry_ready.clone());
@@ -424,7 +431,7 @@ pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> any
         .route("/healthz", get(|| async { ([(CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#) }))
         .merge(http::probe::routes(started.supervisor.readiness()));
     started.supervisor.step();
-    started.supervisor.spawn("metrics-http", move |stop| http::serve_http1(listener, app, stop));
+    started.supervisor.spawn("metrics-http", move |stop| http::serve_http1(listener, app, http::ServeLimits::default(), stop));
     started.ready.push_str(&format!("; metrics on http://{bound}/metrics"));
     started.addr = Some(bound);
     Ok(started)
@@ -452,6 +459,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         emojis,
         config: a.ingest.ingest_config(a.partitions.partitions),
         limits: a.ingest.limits(),
+        serve: a.serve.limits(),
     };
     serve(start_ingest(log, stage).await.context("ingest cannot start")?).await
 }
@@ -519,6 +527,7 @@ pub async fn subscriber(a: SubscriberArgs) -> anyhow::Result<()> {
         advertise: a.advertise.clone(),
         history: a.history.windows(),
         partitions: a.partitions.partitions,
+        serve: a.serve.limits(),
     };
     serve(start_subscriber(log, stage).await.with_context(what)?).await
 }
@@ -535,6 +544,7 @@ pub async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
         subscribers: a.topology.subscribers,
         history: a.history.windows(),
         partitions: a.partitions.partitions,
+        serve: a.serve.limits(),
     };
     serve(start_registry(log, stage).await.context("the registry cannot start")?).await
 }

@@ -34,6 +34,20 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     Ok((0, 0))
 }
 
+/// The soft limit on open files now in force, `None` where it cannot be read.
+#[cfg(unix)]
+pub fn nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// The soft limit on open files: unknown on this platform.
+#[cfg(not(unix))]
+pub fn nofile_limit() -> Option<u64> {
+    None
+}
+
 /// Resident set size of a process in KiB, from `/proc/<pid>/status` (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

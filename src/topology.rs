@@ -43,6 +43,8 @@ pub struct UpConfig {
     pub buffer: u64,
     pub ack: AckMode,
     pub limits: IngestLimits,
+    /// Limits of each connection and of each listener (ingest and API alike).
+    pub serve: http::ServeLimits,
     pub history: usize,
     /// Partitions of `emoji_topic`.
     pub partitions: u32,
@@ -257,7 +259,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
     )
     .merge(http::probe::routes(readiness.clone()));
     sup.step();
-    sup.spawn("ingest-http", |stop| http::serve_http1(ingest_listener, ingest_app, stop));
+    sup.spawn("ingest-http", |stop| http::serve_http1(ingest_listener, ingest_app, config.serve, stop));
     sup.step();
     sup.spawn("ingest-batcher", |stop| batcher.run(stop));
 
@@ -322,6 +324,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
         placement_wait: Duration::ZERO,
     };
     let api_app = http::api::app(api_state).merge(http::probe::routes(readiness));
+    let serve = config.serve;
     sup.step();
     sup.spawn("api-http", move |stop| {
         let ss = streams_shutdown.clone();
@@ -332,7 +335,7 @@ pub async fn up(config: UpConfig, log: Arc<dyn Log>) -> Result<Running, Topology
                 s2.cancelled().await;
                 ss.cancel();
             });
-            http::serve_http1(api_listener, api_app, stop).await
+            http::serve_http1(api_listener, api_app, serve, stop).await
         }
     });
 

@@ -33,7 +33,7 @@ fn any_port() -> SocketAddr {
 }
 
 fn subscriber_stage(cluster: u32, id: u32, addr: SocketAddr) -> SubscriberStage {
-    SubscriberStage { cluster, id, api_addr: addr, advertise: None, history: 100, partitions: PARTITIONS }
+    SubscriberStage { cluster, id, api_addr: addr, advertise: None, history: 100, partitions: PARTITIONS, serve: Default::default() }
 }
 
 /// Every stage but the subscribers, each started on its own.
@@ -52,6 +52,7 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
                 partitions: PARTITIONS,
             },
             limits: IngestLimits { max_body: 64 * 1024, max_batch_body: 4 << 20 },
+            serve: Default::default(),
         },
     )
     .await
@@ -79,7 +80,14 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
 }
 
 async fn start_registry(log: &Arc<dyn Log>) -> (Started, String) {
-    let stage = RegistryStage { api_addr: any_port(), clusters: 2, subscribers: 2, history: 100, partitions: PARTITIONS };
+    let stage = RegistryStage {
+        api_addr: any_port(),
+        clusters: 2,
+        subscribers: 2,
+        history: 100,
+        partitions: PARTITIONS,
+        serve: Default::default(),
+    };
     let r = distributed::start_registry(log.clone(), stage).await.unwrap();
     let url = format!("http://{}", r.addr.unwrap());
     assert!(r.ready.starts_with(&format!("registry listening on {url}")), "{}", r.ready);

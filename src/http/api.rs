@@ -85,7 +85,9 @@ fn common(r: Router<ApiState>, state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .fallback(super::ingest::not_found)
         .method_not_allowed_fallback(super::ingest::method_not_allowed)
+        // A declared body over it is refused before it is read; an undeclared one is cut at it.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        .layer(axum::middleware::map_response(super::error::json_errors))
         .with_state(state)
 }
 

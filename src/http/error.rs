@@ -53,9 +53,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether `e`, or an error it wraps, is a request body that stopped arriving (`--body-timeout`).
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// 408 for a request body that stopped arriving.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body stopped arriving before it was complete (see --body-timeout)")
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         let status = r.status();
+        if is_body_timeout(&r) {
+            return body_timeout();
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(status, "request body is over the size limit (see --max-body / --max-batch-body)")
         } else {
@@ -67,6 +87,9 @@ impl From<BytesRejection> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = r.status();
+        if is_body_timeout(&r) {
+            return body_timeout();
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::new(status, "request body is over the size limit");
         }
@@ -76,6 +99,36 @@ impl From<JsonRejection> for ApiError {
         };
         Self::new(status, msg)
     }
+}
+
+/// Gives every error answer of a router the `{"error": ...}` shape: the rejections of axum's own
+/// extractors (`Path`, `Query`, `WebSocketUpgrade`) and of tower-http's layers (the body limit's 413)
+/// come as text/plain or empty. The text they carry becomes the message; headers such as `Allow`,
+/// `Retry-After` or `Sec-WebSocket-Version` are kept. Answers already in JSON pass as they are.
+pub async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let is_json = r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    // Rejection texts are short and in memory; anything longer is not worth repeating.
+    let text = axum::body::to_bytes(body, 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body is over the size limit of this endpoint".to_string(),
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        _ => text,
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// A JSON extractor whose rejections use the `{"error": ...}` shape.

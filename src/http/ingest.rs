@@ -130,6 +130,7 @@ pub fn app(mut state: IngestState, limits: IngestLimits) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(super::error::json_errors))
         .layer(cors)
         // One `Arc` clone per request instead of one per handle and counter inside the state.
         .with_state(Arc::new(state))
@@ -137,17 +138,30 @@ pub fn app(mut state: IngestState, limits: IngestLimits) -> Router {
 
 const RECEIVED: &str = r#"{"message":"Emoji received"}"#;
 
-/// Reads a body of at most `limit` bytes: 413 over it, 400 when it cannot be read.
-async fn read_body(s: &IngestState, body: Body, limit: usize) -> Result<Bytes, Response> {
+/// Reads a body of at most `limit` bytes: 413 over it (at once when the request declares it, before
+/// reading a byte), 408 when it stops arriving (`--body-timeout`), 400 when it cannot be read.
+async fn read_body(s: &IngestState, headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        s.rejected.too_large.increment(1);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over the size limit of {limit} bytes (see --max-body / --max-batch-body)"),
+        )
+        .into_response()
+    };
+    // A declared `Content-Length` over the limit is refused without waiting for the body. (Read from
+    // the header: the body-timeout wrapper hides the body's own size hint.)
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let over = std::error::Error::source(&e).is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
         if over {
-            s.rejected.too_large.increment(1);
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is over the size limit of {limit} bytes (see --max-body / --max-batch-body)"),
-            )
-            .into_response()
+            too_large()
+        } else if super::error::is_body_timeout(&e) {
+            s.rejected.malformed.increment(1);
+            super::error::body_timeout().into_response()
         } else {
             s.rejected.malformed.increment(1);
             ApiError::bad_request(format!("could not read the request body: {e}")).into_response()
@@ -155,8 +169,8 @@ async fn read_body(s: &IngestState, body: Body, limit: usize) -> Result<Bytes, R
     })
 }
 
-async fn post_emoji(State(s): State<Arc<IngestState>>, body: Body) -> Response {
-    let body = match read_body(&s, body, s.limits.max_body).await {
+async fn post_emoji(State(s): State<Arc<IngestState>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&s, &headers, body, s.limits.max_body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -197,7 +211,7 @@ struct BatchAnswer {
 const MAX_LISTED_ERRORS: usize = 100;
 
 async fn post_emojis(State(s): State<Arc<IngestState>>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&s, body, s.limits.max_batch_body).await {
+    let body = match read_body(&s, &headers, body, s.limits.max_batch_body).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -32,6 +32,20 @@ use super::api::ApiState;
 /// A comment line keeps idle proxies from closing an SSE stream between windows.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// Largest WebSocket message (and frame) a viewer may send. Viewers send nothing but control frames
+/// (pings, pongs, a close) today; this leaves room for small messages and stops a fragmented message
+/// that never ends from being buffered up to the library's default of 64 MiB.
+pub const WS_MAX_MESSAGE: usize = 4 * 1024;
+
+/// WebSocket read buffer, allocated per connection (the library's default is 128 KiB).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Most bytes a WebSocket connection holds for a client that does not read: a few windows. Beyond
+/// it a send fails and the connection ends; the library keeps at most one pending pong besides, so a
+/// client that sends pings and never reads the pongs cannot grow the server (it did, by 100 MiB a
+/// second, before this bound). The socket's `--write-timeout` ends it too.
+const WS_MAX_WRITE_BUFFER: usize = 16 * 1024;
+
 /// Longest a new stream waits for its subscriber to finish reading the windows it replays from.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
@@ -210,7 +224,14 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let conn = open(&state, &client_id, resume_after(&query, &headers)?).await?;
-    Ok(upgrade.on_upgrade(move |socket| ws_loop(socket, conn)))
+    Ok(upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        // Each window is written and flushed at once: nothing to gain from gathering writes.
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| ws_loop(socket, conn)))
 }
 
 async fn ws_loop(mut socket: WebSocket, mut conn: Conn) {
