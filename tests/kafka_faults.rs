@@ -196,7 +196,7 @@ async fn a_stage_killed_and_restarted_at_once_resumes_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_aggregator_with_an_id_in_use_fences_the_first_which_stops_and_says_so() {
+async fn of_two_aggregators_with_one_instance_id_one_stops_and_says_so_and_the_other_carries_on() {
     let mut topo =
         Topology::start("twin", Shape { ingest: 1, aggregate: 1, clusters: 1, subscribers: 1, partitions: 2, window: "1s", ack: "fast" })
             .await;
@@ -204,24 +204,33 @@ async fn a_second_aggregator_with_an_id_in_use_fences_the_first_which_stops_and_
     let viewers = vec![Viewer::sse("viewer", sub["stream_url"].as_str().unwrap().to_owned())];
     wait_windows(&viewers, 2, Duration::from_secs(90), &mut topo).await;
 
-    // A mistake an operator makes: a second `aggregate --id 1` while the first runs.
+    // A mistake an operator makes: a second `aggregate --id 1` while the first runs. Each one's join
+    // fences the other; whichever is fenced again soon after joining again stops, saying why (which
+    // one depends on who rejoins last), and the other carries on.
     topo.spawn("aggregate-1-twin", &["aggregate", "--id", "1", "--window", "1s", "--grace", "200ms"]);
-    let mut first = topo.procs.remove("aggregate-1").unwrap();
+    let mut pair =
+        [("aggregate-1", topo.procs.remove("aggregate-1").unwrap()), ("aggregate-1-twin", topo.procs.remove("aggregate-1-twin").unwrap())];
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = first.exited() {
-            break s;
+    let (stopped, status) = 'watch: loop {
+        for (i, (_, p)) in pair.iter_mut().enumerate() {
+            if let Some(s) = p.exited() {
+                break 'watch (i, s);
+            }
         }
-        assert!(std::time::Instant::now() < deadline, "the first aggregate-1 still runs beside its twin");
+        assert!(std::time::Instant::now() < deadline, "two aggregators with instance id aggregate-1 both still run after 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let [first, twin] = pair;
+    let ((gone_name, gone), (kept_name, kept)) = if stopped == 0 { (first, twin) } else { (twin, first) };
     assert!(!status.success(), "a fenced process exits with an error: {status}");
-    let log = std::fs::read_to_string(&first.log).unwrap();
+    let log = std::fs::read_to_string(&gone.log).unwrap();
     assert!(
-        log.contains("fenced") && log.contains("instance id"),
-        "the fenced process says it was fenced by another with the same instance id:\n{}",
-        tail(&first.log)
+        log.contains("fenced") && log.contains("another live process holds that instance id") && log.contains("--instance-id"),
+        "{gone_name} says it was fenced by another with the same instance id:\n{}",
+        tail(&gone.log)
     );
+    eprintln!("{gone_name} stopped as a twin; {kept_name} carries on");
+    topo.procs.insert(kept_name.to_owned(), kept);
     // The twin carries on: windows keep coming, counted exactly.
     let (acked, stop, sender) = keep_sending(topo.ingest_urls[0].clone(), 20, Duration::from_millis(50), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -702,8 +702,9 @@ impl KafkaConsumer {
     /// with a twin, each join fences the other, so the twin's join fences this one again within
     /// seconds. So: the first fence, or one after a quiet [`TWIN_SPAN`] or a session lost since,
     /// joins again; a second one soon after stops this process, saying why. Of two processes with
-    /// one id, the one that held it first is then the one that stops (its rejoin fences the
-    /// newcomer once, the newcomer's rejoin fences it twice).
+    /// one id, one stops and the other carries on: mostly the one that held it first (its rejoin
+    /// fences the newcomer once, the newcomer's rejoin fences it twice), the newcomer when the
+    /// first one's rejoin lands after the newcomer's.
     fn rejoin_or_stop(&self, e: &LogError) -> Rejoin {
         let inner = self.inner();
         if !matches!(e, LogError::Fenced(_)) && !inner.fenced() {
