@@ -15,44 +15,36 @@ use rand::seq::IndexedRandom;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::parse_duration;
 use crate::core::swarm::SwarmMessage;
 
 /// How a client receives windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Sse,
     Ws,
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct ClientArgs {
+/// What `emostream client` was asked to do (its flags, see `emostream client --help`); what is
+/// missing is asked for at a terminal.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
     /// Subscription API base URL.
-    #[arg(long, env = "EMOSTREAM_API", default_value = "http://127.0.0.1:5002")]
     pub api: String,
     /// Ingest API base URL.
-    #[arg(long, env = "EMOSTREAM_INGEST", default_value = "http://127.0.0.1:5001")]
     pub ingest: String,
     /// Your client id (asked for when stdin is a terminal; otherwise random).
-    #[arg(long)]
     pub client_id: Option<String>,
     /// Cluster to join (1-based); with --subscriber. Omit both to be placed on the least loaded one.
-    #[arg(long)]
     pub cluster: Option<u32>,
     /// Subscriber within the cluster (1-based).
-    #[arg(long)]
     pub subscriber: Option<u32>,
     /// Emojis sent per second (0 only watches).
-    #[arg(long)]
     pub rate: Option<f64>,
     /// Emojis to send, comma-separated, picked at random.
-    #[arg(long)]
     pub emojis: Option<String>,
     /// Stop after this long (e.g. 30s); default: until Ctrl-C.
-    #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How windows arrive.
-    #[arg(long, value_enum, default_value_t = Transport::Sse)]
     pub transport: Transport,
 }
 
@@ -94,7 +86,7 @@ fn say_err(line: &str) {
 }
 
 /// Fills what the flags left out: asked when stdin is a terminal, defaults otherwise.
-fn complete(mut a: ClientArgs) -> Result<ClientArgs> {
+fn complete(mut a: ClientConfig) -> Result<ClientConfig> {
     let interactive = std::io::stdin().is_terminal();
     let random_id = format!("client-{:04}", rand::random::<u16>() % 10_000);
     if a.client_id.is_none() {
@@ -154,7 +146,7 @@ pub fn render(m: &SwarmMessage) -> String {
 ///
 /// # Errors
 /// When the API cannot be reached or refuses the subscription.
-pub async fn run(args: ClientArgs) -> Result<()> {
+pub async fn run(args: ClientConfig) -> Result<()> {
     let a = complete(args)?;
     let client_id = a.client_id.clone().expect("completed");
     let http = reqwest::Client::new();
@@ -172,7 +164,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
         }
     };
     tokio::pin!(until);
-    let signal = crate::topology::shutdown_signal();
+    let signal = crate::pipeline::shutdown_signal();
     tokio::pin!(signal);
     let (mut windows, mut forgotten) = (0, 0);
     loop {
@@ -218,7 +210,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
 }
 
 /// `POST /subscribe` for this client.
-async fn subscribe(http: &reqwest::Client, a: &ClientArgs, client_id: &str) -> Result<Subscribed> {
+async fn subscribe(http: &reqwest::Client, a: &ClientConfig, client_id: &str) -> Result<Subscribed> {
     let mut body = serde_json::json!({ "client_id": client_id });
     if let (Some(c), Some(s)) = (a.cluster, a.subscriber) {
         body["cluster_id"] = c.into();
@@ -238,7 +230,7 @@ async fn subscribe(http: &reqwest::Client, a: &ClientArgs, client_id: &str) -> R
 }
 
 /// [`subscribe`], retried with a backoff while the API is away or refuses.
-async fn subscribe_again(http: &reqwest::Client, a: &ClientArgs, client_id: &str) -> Subscribed {
+async fn subscribe_again(http: &reqwest::Client, a: &ClientConfig, client_id: &str) -> Subscribed {
     let mut backoff = FIRST_BACKOFF;
     loop {
         match subscribe(http, a, client_id).await {

@@ -9,10 +9,11 @@
 //! - [`stages`]: ingest, aggregate, publish, cluster, subscriber, registry and history, each an async
 //!   function over the log.
 //! - [`http`]: the ingest API, the subscription and delivery API (SSE, WebSocket), the dashboard.
-//! - [`topology`]: which stages run in this process, wired to a log, with ordered shutdown.
-//! - [`distributed`]: each stage as its own process over Kafka (`emostream ingest`, `aggregate`,
-//!   `publish`, `cluster`, `subscriber`, `registry`).
-//! - [`cli`]: the command line (flags, `EMOSTREAM_*` variables, `--config` TOML).
+//! - [`pipeline`]: the wiring layer — which stages run in a process, each wired once (`spawn`),
+//!   composed into `emostream up` and into each stage process (`emostream ingest`, `aggregate`,
+//!   `publish`, `cluster`, `subscriber`, `registry`), under a supervisor with ordered shutdown.
+//! - [`cli`]: the command line (flags, `EMOSTREAM_*` variables, `--config` TOML), converted into
+//!   configuration once; nothing below it knows clap.
 //! - [`client`]: `emostream client`, the interactive viewer and sender.
 //! - [`load`]: `emostream load`, a simulated audience with exact verification and latency figures.
 //! - [`sys`]: process limits and `/proc` figures (open files, RSS, CPU time).
@@ -32,11 +33,10 @@ macro_rules! say {
 pub mod cli;
 pub mod client;
 pub mod core;
-pub mod distributed;
 pub mod http;
 pub mod load;
 pub mod log;
+pub mod pipeline;
 pub mod stages;
 pub mod sys;
 pub mod telemetry;
-pub mod topology;

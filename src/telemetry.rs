@@ -94,7 +94,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// How log lines look on stderr (`--log-format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (coloured at a terminal).
     #[default]

@@ -16,12 +16,13 @@ use emostream::core::emoji::EmojiSet;
 use emostream::core::emotion::{EmotionMap, TrendConfig};
 use emostream::core::scale::ScaleRule;
 use emostream::core::window::WindowSpec;
-use emostream::distributed::{self, IngestStage, RegistryStage, Started, SubscriberStage};
+use emostream::pipeline::process as distributed;
+use emostream::pipeline::{IngestStage, RegistryStage, Started, SubscriberStage};
 use emostream::http::ingest::IngestLimits;
 use emostream::log::Log;
 use emostream::log::memory::MemoryLog;
 use emostream::stages::ingest::{AckMode, IngestConfig};
-use emostream::stages::{aggregate, publish};
+use emostream::stages::{aggregate, cluster, publish};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +75,7 @@ async fn upstream(log: &Arc<dyn Log>, clusters: u32) -> (Vec<Started>, String) {
     };
     stages.push(distributed::start_publish(log.clone(), config, PARTITIONS).await.unwrap());
     for c in 1..=clusters {
-        stages.push(distributed::start_cluster(log.clone(), c, None, PARTITIONS).await.unwrap());
+        stages.push(distributed::start_cluster(log.clone(), cluster::ClusterConfig { id: c, instance_id: None }, PARTITIONS).await.unwrap());
     }
     (stages, ingest_url)
 }

@@ -24,7 +24,7 @@ async fn aggregators_joining_a_busy_group_count_every_event_once() {
         let mut config = KafkaConfig::new(brokers());
         config.namespace = namespace.clone();
         let log = KafkaLog::connect(config).await.expect("Kafka answers");
-        emostream::topology::ensure_topics(&log, 6, 1).await.unwrap();
+        emostream::pipeline::ensure_topics(&log, 6, 1).await.unwrap();
 
         // A backlog: 6 000 records of 1 000 one-event entries over 6 partitions.
         let emojis = ["😀", "😂", "😍", "👍"];

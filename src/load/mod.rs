@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{LoadArgs, LoadTransport};
+pub use config::{Bursts, LoadConfig, LoadTransport, Mix, parse_bursts, parse_mix};
 
 use crate::stages::now_ms;
 use report::{Phase, Summary};
@@ -61,7 +61,7 @@ fn trim_base(s: &str) -> String {
 /// # Errors
 /// When the APIs cannot be reached, and when verification fails (after printing the report), so the
 /// exit status says so.
-pub async fn run(args: LoadArgs) -> Result<()> {
+pub async fn run(args: LoadConfig) -> Result<()> {
     if let Err(e) = crate::sys::raise_nofile_limit() {
         eprintln!("warning: cannot raise the open-files limit: {e}");
     }

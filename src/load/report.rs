@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{LoadArgs, LoadTransport};
+use super::config::{LoadConfig, LoadTransport};
 use super::senders::{Live, SendResult};
 use super::verify::{Verdict, ViewerLog};
 use super::viewers::{Shared, WindowSeen};
@@ -186,7 +186,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(args: &LoadArgs) -> Self {
+    pub fn new(args: &LoadConfig) -> Self {
         Self {
             clients: args.clients,
             senders: args.senders,

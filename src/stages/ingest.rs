@@ -22,7 +22,7 @@ use crate::log::{Log, LogError, Output, topics};
 use crate::telemetry;
 
 /// When a client gets its 200.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
     /// Once the event is in the bounded in-memory buffer (like the originals).

@@ -1,8 +1,9 @@
 //! The distributed mode: each stage as its own process over Apache Kafka.
 //!
 //! `emostream ingest`, `aggregate`, `publish`, `cluster --id N`, `subscriber --cluster N --id M` and
-//! `registry` each run exactly one stage of the pipeline (the same stage functions `emostream up` runs,
-//! under the same [`Supervisor`]), wired to Kafka instead of the in-process log. Every process creates
+//! `registry` each run exactly one stage of the pipeline (wired by the same [`spawn`](super::spawn)
+//! functions `emostream up` is composed from, under the same [`Supervisor`]), over Kafka instead of
+//! the in-process log. Every process creates
 //! the topics it needs, prints one readiness line to stdout once it serves (`… listening on
 //! http://ADDR` or `… running: …`), stops cleanly on SIGTERM or Ctrl-C, and exits non-zero with a
 //! readable message when Kafka cannot be reached.
@@ -23,15 +24,28 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AggregateArgs, ClusterArgs, IngestArgs, KafkaArgs, PublishArgs, RegistryArgs, SubscriberArgs};
+use super::spawn::{self, IngestStage, Metrics};
+use super::supervisor::{PipelineError, Supervisor, shutdown_signal};
 use crate::http;
 use crate::log::{Log, LogError, topics};
 use crate::stages::history::History;
-use crate::stages::registry::{self, Announcement, Entry, Registry};
+use crate::stages::registry::Registry;
 use crate::stages::subscriber::Hub;
-use crate::stages::{aggregate, cluster, history, ingest, publish, subscriber};
+use crate::stages::{aggregate, cluster, publish};
 use crate::telemetry;
-use crate::topology::{self, Supervisor, TopologyError};
+
+/// Where a process finds Apache Kafka (`--kafka`, `--namespace`, `--replication`,
+/// `--connect-timeout`).
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Prefix of every topic, consumer group and transactional id ("" = none).
+    pub namespace: String,
+    /// Replication factor of the topics this process creates.
+    pub replication: i16,
+    pub connect_timeout: Duration,
+}
 
 /// How long a stage waits, at start, to read what its topics already hold before it serves anyway.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(15);
@@ -57,7 +71,7 @@ impl Started {
     ///
     /// # Errors
     /// When a stage failed.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), TopologyError> {
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), PipelineError> {
         self.supervisor.run_until(signal, STOP_WAIT).await
     }
 
@@ -65,41 +79,41 @@ impl Started {
     ///
     /// # Errors
     /// When a stage failed.
-    pub async fn stop(self) -> Result<(), TopologyError> {
+    pub async fn stop(self) -> Result<(), PipelineError> {
         self.run_until(async {}).await
     }
 }
 
-/// Connects to the Kafka given by `--kafka`.
+/// Connects to Kafka.
 ///
 /// # Errors
-/// When Kafka cannot be reached within `--connect-timeout` (the message says how to start one), or
+/// When Kafka cannot be reached within `connect_timeout` (the message says how to start one), or
 /// this binary was built without the `kafka` feature.
-pub async fn connect(args: &KafkaArgs) -> anyhow::Result<Arc<dyn Log>> {
-    let Some(brokers) = args.kafka.clone() else {
-        anyhow::bail!("--kafka HOST:PORT is required");
-    };
+pub async fn connect(k: &KafkaSettings) -> anyhow::Result<Arc<dyn Log>> {
     #[cfg(feature = "kafka")]
     {
         use crate::log::kafka::{KafkaConfig, KafkaLog};
         let config = KafkaConfig {
-            namespace: args.namespace.clone(),
-            replication: args.replication,
-            connect_timeout: args.connect_timeout,
-            ..KafkaConfig::new(brokers)
+            namespace: k.namespace.clone(),
+            replication: k.replication,
+            connect_timeout: k.connect_timeout,
+            ..KafkaConfig::new(k.brokers.clone())
         };
         Ok(Arc::new(KafkaLog::connect(config).await?))
     }
     #[cfg(not(feature = "kafka"))]
     {
-        anyhow::bail!("cannot use Kafka at {brokers}: this emostream was built without the `kafka` feature (rebuild with default features)")
+        anyhow::bail!(
+            "cannot use Kafka at {}: this emostream was built without the `kafka` feature (rebuild with default features)",
+            k.brokers
+        )
     }
 }
 
 /// Creates the topics every stage reads or writes, plus `extra` (a cluster topic); returns the
 /// partitions of `emoji_topic`, warning when it already exists with another count.
 async fn ensure(log: &dyn Log, partitions: u32, extra: Option<String>) -> Result<u32, LogError> {
-    let actual = topology::ensure_topics(log, partitions, 0).await?;
+    let actual = spawn::ensure_topics(log, partitions, 0).await?;
     if actual != partitions {
         tracing::warn!(
             topic = topics::EVENTS,
@@ -115,7 +129,7 @@ async fn ensure(log: &dyn Log, partitions: u32, extra: Option<String>) -> Result
 }
 
 /// Waits until every token is cancelled, at most [`CATCH_UP_LIMIT`], or until a stage fails.
-async fn caught_up(what: &str, tokens: &[CancellationToken], failed: CancellationToken) -> Result<(), TopologyError> {
+async fn caught_up(what: &str, tokens: &[CancellationToken], failed: CancellationToken) -> Result<(), PipelineError> {
     let all = futures::future::join_all(tokens.iter().map(CancellationToken::cancelled));
     tokio::select! {
         r = tokio::time::timeout(CATCH_UP_LIMIT, all) => {
@@ -124,39 +138,22 @@ async fn caught_up(what: &str, tokens: &[CancellationToken], failed: Cancellatio
             }
             Ok(())
         }
-        () = failed.cancelled() => Err(TopologyError::StageFailed(format!("{what} failed while starting; see the log above"))),
+        () = failed.cancelled() => Err(PipelineError::TaskFailed(format!("{what} failed while starting; see the log above"))),
     }
-}
-
-/// Settings of the ingest process.
-#[derive(Debug, Clone)]
-pub struct IngestStage {
-    pub addr: SocketAddr,
-    pub emojis: crate::core::emoji::EmojiSet,
-    /// Its `partitions` is what to create `emoji_topic` with.
-    pub config: ingest::IngestConfig,
-    pub limits: http::ingest::IngestLimits,
-    pub serve: http::ServeLimits,
 }
 
 /// Starts the ingest API appending to `emoji_topic`.
 ///
 /// # Errors
 /// When the address cannot be bound or the log cannot be reached.
-pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, TopologyError> {
+pub async fn start_ingest(log: Arc<dyn Log>, mut s: IngestStage) -> Result<Started, PipelineError> {
     let partitions = ensure(&*log, s.config.partitions, None).await?;
+    s.config.partitions = partitions;
     let listener = http::bind(s.addr, "--ingest-addr").await?;
     let addr = listener.local_addr()?;
-    let (handle, batcher) = ingest::ingest(log.clone(), s.emojis.clone(), ingest::IngestConfig { partitions, ..s.config });
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
-    let app = http::ingest::app(http::ingest::IngestState::new(handle, s.emojis, telemetry::prometheus()), s.limits)
-        .merge(http::probe::routes(sup.readiness()));
-    // Stop taking requests first, then append everything acknowledged.
-    sup.step();
-    sup.spawn("ingest-http", move |stop| http::serve_http1(listener, app, s.serve, stop));
-    sup.step();
-    sup.spawn("ingest-batcher", |stop| batcher.run(stop));
+    spawn::spawn_ingest(&mut sup, log.clone(), listener, s, Metrics::Served);
     let ready = format!(
         "ingest listening on http://{addr}: POST /emoji, POST /emojis → {} ({partitions} partitions) on {}",
         topics::EVENTS,
@@ -169,13 +166,12 @@ pub async fn start_ingest(log: Arc<dyn Log>, s: IngestStage) -> Result<Started, 
 ///
 /// # Errors
 /// When the log cannot be reached.
-pub async fn start_aggregate(log: Arc<dyn Log>, config: aggregate::AggregateConfig, partitions: u32) -> Result<Started, TopologyError> {
+pub async fn start_aggregate(log: Arc<dyn Log>, config: aggregate::AggregateConfig, partitions: u32) -> Result<Started, PipelineError> {
     let partitions = ensure(&*log, partitions, None).await?;
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
     let window = config.window.size_ms();
-    let l = log.clone();
-    sup.spawn("aggregate", move |stop| aggregate::run(l, config, stop));
+    spawn::spawn_aggregate(&mut sup, log.clone(), config);
     let ready = format!(
         "aggregate running: {} ({partitions} partitions, shared by group {}) → {}, {window} ms windows, on {}",
         topics::EVENTS,
@@ -190,7 +186,7 @@ pub async fn start_aggregate(log: Arc<dyn Log>, config: aggregate::AggregateConf
 ///
 /// # Errors
 /// When the log cannot be reached.
-pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, partitions: u32) -> Result<Started, TopologyError> {
+pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, partitions: u32) -> Result<Started, PipelineError> {
     let partitions = ensure(&*log, partitions, None).await?;
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
@@ -202,8 +198,7 @@ pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, pa
         config.scale,
         log.describe()
     );
-    let l = log.clone();
-    sup.spawn("publish", move |stop| publish::run(l, config, stop));
+    spawn::spawn_publish(&mut sup, log.clone(), config);
     Ok(Started { addr: None, ready, supervisor: sup })
 }
 
@@ -211,12 +206,12 @@ pub async fn start_publish(log: Arc<dyn Log>, config: publish::PublishConfig, pa
 ///
 /// # Errors
 /// When the log cannot be reached.
-pub async fn start_cluster(log: Arc<dyn Log>, id: u32, instance_id: Option<String>, partitions: u32) -> Result<Started, TopologyError> {
+pub async fn start_cluster(log: Arc<dyn Log>, config: cluster::ClusterConfig, partitions: u32) -> Result<Started, PipelineError> {
+    let id = config.id;
     ensure(&*log, partitions, Some(topics::cluster(id))).await?;
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
-    let l = log.clone();
-    sup.spawn(format!("cluster-{id}"), move |stop| cluster::run(l, cluster::ClusterConfig { id, instance_id }, stop));
+    spawn::spawn_cluster(&mut sup, log.clone(), config);
     let ready = format!("cluster {id} running: {} → {}, on {}", topics::MAIN, topics::cluster(id), log.describe());
     Ok(Started { addr: None, ready, supervisor: sup })
 }
@@ -258,7 +253,7 @@ pub fn advertised_url(bound: SocketAddr, advertise: Option<&str>) -> String {
 ///
 /// # Errors
 /// When the address cannot be bound, the log cannot be reached, or its followers fail while starting.
-pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<Started, TopologyError> {
+pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<Started, PipelineError> {
     ensure(&*log, s.partitions, Some(topics::cluster(s.cluster))).await?;
     let listener = http::bind(s.api_addr, "--api-addr").await?;
     let addr = listener.local_addr()?;
@@ -284,45 +279,18 @@ pub async fn start_subscriber(log: Arc<dyn Log>, s: SubscriberStage) -> Result<S
         subscriptions_log: None,
         placement_wait: PLACEMENT_WAIT,
     };
-    let serve = s.serve;
-
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
     let app = http::api::subscriber_app(state).merge(http::probe::routes(sup.readiness()));
     // Shutdown order: say it left (the registry stops placing clients here), end the streams, then
     // stop following the topics.
     sup.step();
-    let (l, announced_url, r) = (log.clone(), url.clone(), ready.clone());
-    sup.spawn(format!("announce-{c}.{id}"), move |stop| async move {
-        tokio::select! {
-            () = r.cancelled() => {}
-            () = stop.cancelled() => return Ok::<(), LogError>(()),
-        }
-        let here = Announcement { cluster: c, subscriber: id, url: Some(announced_url) };
-        l.append(vec![Entry::Subscriber(here).to_output()]).await?;
-        stop.cancelled().await;
-        l.append(vec![Entry::Subscriber(Announcement { cluster: c, subscriber: id, url: None }).to_output()]).await
-    });
+    spawn::spawn_announce(&mut sup, log.clone(), (c, id), url.clone(), ready.clone());
     sup.step();
-    let r = ready.clone();
-    sup.spawn("api-http", move |stop| async move {
-        // Connections wait in the listen queue until this subscriber has read its topics.
-        tokio::select! {
-            () = r.cancelled() => {}
-            () = stop.cancelled() => {}
-        }
-        let (ss, s2) = (streams_shutdown, stop.clone());
-        tokio::spawn(async move {
-            s2.cancelled().await;
-            ss.cancel();
-        });
-        http::serve_http1(listener, app, serve, stop).await
-    });
+    spawn::spawn_api(&mut sup, listener, app, s.serve, streams_shutdown, Some(ready.clone()));
     sup.step();
-    let (l, h, replay) = (log.clone(), hub.clone(), s.history as u64);
-    sup.spawn(format!("subscriber-{c}.{id}"), move |stop| subscriber::run(l, h, replay, stop));
-    let (l, reg, rr) = (log.clone(), registry.clone(), registry_ready.clone());
-    sup.spawn("registry-follower", move |stop| registry::follow(l, reg, rr, stop));
+    spawn::spawn_subscriber(&mut sup, log.clone(), (c, id), hub.clone(), s.history);
+    spawn::spawn_registry_follower(&mut sup, log.clone(), registry, registry_ready.clone());
 
     let hub_ready = CancellationToken::new();
     let (h, hr) = (hub.clone(), hub_ready.clone());
@@ -356,7 +324,7 @@ pub struct RegistryStage {
 ///
 /// # Errors
 /// When the address cannot be bound, the log cannot be reached, or its followers fail while starting.
-pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Started, TopologyError> {
+pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Started, PipelineError> {
     ensure(&*log, s.partitions, None).await?;
     let listener = http::bind(s.api_addr, "--api-addr").await?;
     let addr = listener.local_addr()?;
@@ -376,26 +344,15 @@ pub async fn start_registry(log: Arc<dyn Log>, s: RegistryStage) -> Result<Start
         subscriptions_log: Some(log.clone()),
         placement_wait: Duration::ZERO,
     };
-    let serve = s.serve;
-
     let mut sup = Supervisor::new();
     sup.readiness().watch_log(log.clone());
     let app = http::api::registry_app(state).merge(http::probe::routes(sup.readiness()));
     sup.step();
-    let rr = registry_ready.clone();
-    sup.spawn("api-http", move |stop| async move {
-        // Placing clients needs the current map: serve once the topic is read.
-        tokio::select! {
-            () = rr.cancelled() => {}
-            () = stop.cancelled() => {}
-        }
-        http::serve_http1(listener, app, serve, stop).await
-    });
+    // Placing clients needs the current map: serve once the topic is read.
+    spawn::spawn_api(&mut sup, listener, app, s.serve, CancellationToken::new(), Some(registry_ready.clone()));
     sup.step();
-    let (l, reg, rr) = (log.clone(), registry.clone(), registry_ready.clone());
-    sup.spawn("registry-follower", move |stop| registry::follow(l, reg, rr, stop));
-    let (l, h, cap) = (log.clone(), history_store, s.history as u64);
-    sup.spawn("history", move |stop| history::run(l, h, cap, stop));
+    spawn::spawn_registry_follower(&mut sup, log.clone(), registry, registry_ready.clone());
+    spawn::spawn_history(&mut sup, log.clone(), history_store, s.history);
 
     caught_up("the registry", &[registry_ready], sup.failed()).await?;
     let ready = format!(
@@ -441,7 +398,7 @@ pub async fn with_metrics(mut started: Started, addr: Option<SocketAddr>) -> any
 async fn serve(started: Started) -> anyhow::Result<()> {
     crate::say!("{}", started.ready);
     tracing::info!("{}", started.ready);
-    started.run_until(topology::shutdown_signal()).await.context("stopped with an error")?;
+    started.run_until(shutdown_signal()).await.context("stopped with an error")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -450,17 +407,9 @@ async fn serve(started: Started) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When Kafka cannot be reached, the address is taken, or the stage fails.
-pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+pub async fn run_ingest(kafka: KafkaSettings, stage: IngestStage) -> anyhow::Result<()> {
     raise_nofile_limit();
-    let emojis = a.ingest.emoji_set()?;
-    let log = connect(&a.kafka).await.context("ingest cannot start")?;
-    let stage = IngestStage {
-        addr: a.ingest.ingest_addr,
-        emojis,
-        config: a.ingest.ingest_config(a.partitions.partitions),
-        limits: a.ingest.limits(),
-        serve: a.serve.limits(),
-    };
+    let log = connect(&kafka).await.context("ingest cannot start")?;
     serve(start_ingest(log, stage).await.context("ingest cannot start")?).await
 }
 
@@ -468,89 +417,80 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When Kafka cannot be reached or the stage fails.
-pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<()> {
+pub async fn run_aggregate(
+    kafka: KafkaSettings,
+    config: aggregate::AggregateConfig,
+    partitions: u32,
+    metrics_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     // The recorder goes in before the stage registers its counters.
     let _ = telemetry::prometheus();
-    let log = connect(&a.kafka).await.context("aggregate cannot start")?;
-    let instance_id = a.instance.instance_id.clone().or_else(|| a.id.map(|n| format!("aggregate-{n}")));
-    match &instance_id {
+    let log = connect(&kafka).await.context("aggregate cannot start")?;
+    match &config.instance_id {
         Some(id) => tracing::info!(instance_id = %id, "static group member: a restart with this id resumes at once"),
         None => tracing::info!(
             "no --id or --instance-id: a dynamic group member (after a kill -9, its partitions wait for the session and transaction timeouts)"
         ),
     }
-    let config = aggregate::AggregateConfig { window: a.window.spec(), grace: a.grace.grace, instance_id };
-    let started = start_aggregate(log, config, a.partitions.partitions).await.context("aggregate cannot start")?;
-    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
+    let started = start_aggregate(log, config, partitions).await.context("aggregate cannot start")?;
+    serve(with_metrics(started, metrics_addr).await?).await
 }
 
 /// `emostream publish`.
 ///
 /// # Errors
-/// When the `--emotions` file cannot be used, Kafka cannot be reached or the stage fails.
-pub async fn publish(a: PublishArgs) -> anyhow::Result<()> {
-    let mut config = a.publish.publish_config(&a.window)?;
-    config.instance_id = Some(a.instance.instance_id.clone().unwrap_or_else(|| "publish".to_owned()));
+/// When Kafka cannot be reached or the stage fails.
+pub async fn run_publish(
+    kafka: KafkaSettings,
+    config: publish::PublishConfig,
+    partitions: u32,
+    metrics_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let _ = telemetry::prometheus();
-    let log = connect(&a.kafka).await.context("publish cannot start")?;
-    let started = start_publish(log, config, a.partitions.partitions).await.context("publish cannot start")?;
-    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
+    let log = connect(&kafka).await.context("publish cannot start")?;
+    let started = start_publish(log, config, partitions).await.context("publish cannot start")?;
+    serve(with_metrics(started, metrics_addr).await?).await
 }
 
 /// `emostream cluster --id N`.
 ///
 /// # Errors
 /// When Kafka cannot be reached or the stage fails.
-pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
-    let id = a.id.context("--id is required")?;
+pub async fn run_cluster(
+    kafka: KafkaSettings,
+    config: cluster::ClusterConfig,
+    partitions: u32,
+    metrics_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let id = config.id;
     let _ = telemetry::prometheus();
-    let log = connect(&a.kafka).await.with_context(|| format!("cluster {id} cannot start"))?;
-    let instance_id = a.instance.instance_id.clone().unwrap_or_else(|| format!("cluster-{id}"));
-    let started =
-        start_cluster(log, id, Some(instance_id), a.partitions.partitions).await.with_context(|| format!("cluster {id} cannot start"))?;
-    serve(with_metrics(started, a.metrics.metrics_addr).await?).await
+    let log = connect(&kafka).await.with_context(|| format!("cluster {id} cannot start"))?;
+    let started = start_cluster(log, config, partitions).await.with_context(|| format!("cluster {id} cannot start"))?;
+    serve(with_metrics(started, metrics_addr).await?).await
 }
 
 /// `emostream subscriber --cluster N --id M`.
 ///
 /// # Errors
 /// When Kafka cannot be reached, the address is taken, or the stage fails.
-pub async fn subscriber(a: SubscriberArgs) -> anyhow::Result<()> {
+pub async fn run_subscriber(kafka: KafkaSettings, stage: SubscriberStage) -> anyhow::Result<()> {
     raise_nofile_limit();
-    let (cluster, id) = (a.cluster.context("--cluster is required")?, a.id.context("--id is required")?);
-    let what = || format!("subscriber {cluster}.{id} cannot start");
-    let log = connect(&a.kafka).await.with_context(what)?;
-    let stage = SubscriberStage {
-        cluster,
-        id,
-        api_addr: a.api_addr(),
-        advertise: a.advertise.clone(),
-        history: a.history.windows(),
-        partitions: a.partitions.partitions,
-        serve: a.serve.limits(),
-    };
-    serve(start_subscriber(log, stage).await.with_context(what)?).await
+    let what = format!("subscriber {}.{} cannot start", stage.cluster, stage.id);
+    let log = connect(&kafka).await.context(what.clone())?;
+    serve(start_subscriber(log, stage).await.context(what)?).await
 }
 
 /// `emostream registry`.
 ///
 /// # Errors
 /// When Kafka cannot be reached, the address is taken, or the stage fails.
-pub async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
-    let log = connect(&a.kafka).await.context("the registry cannot start")?;
-    let stage = RegistryStage {
-        api_addr: a.api_addr,
-        clusters: a.topology.clusters,
-        subscribers: a.topology.subscribers,
-        history: a.history.windows(),
-        partitions: a.partitions.partitions,
-        serve: a.serve.limits(),
-    };
+pub async fn run_registry(kafka: KafkaSettings, stage: RegistryStage) -> anyhow::Result<()> {
+    let log = connect(&kafka).await.context("the registry cannot start")?;
     serve(start_registry(log, stage).await.context("the registry cannot start")?).await
 }
 
 /// One socket per client: processes that hold many need more than the usual 1024 open files.
-fn raise_nofile_limit() {
+pub(crate) fn raise_nofile_limit() {
     if let Err(e) = crate::sys::raise_nofile_limit() {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
