@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     config.namespace = namespace.clone();
     config.linger = Duration::from_millis(20);
     let log = Arc::new(KafkaLog::connect(config).await?);
-    emostream::topology::ensure_topics(&*log, a.partitions, 1).await?;
+    emostream::pipeline::ensure_topics(&*log, a.partitions, 1).await?;
 
     // Fill: records of 2 000 one-event entries, spread over the partitions, timestamps now.
     let emojis = ["😀", "😂", "😍", "👍", "🔥", "🎉"];

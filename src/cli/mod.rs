@@ -12,7 +12,7 @@
 //! - [`flags`]: flag groups shared by several commands, with their conversions.
 //! - [`commands`]: the flags of `up` and of each stage process.
 //! - [`client`], [`load`]: the flags of `emostream client` and `emostream load`.
-//! - [`config_file`]: `--config`.
+//! - [`config_file`]: the `--config` file.
 
 mod client;
 mod commands;
